@@ -1,0 +1,438 @@
+//! The running `file` source: reads its files one after another in path order, and with
+//! `follow = true` keeps listing the location for files it has not read yet.
+//!
+//! CSV and JSON files are streamed from the store and cut at record boundaries into chunks
+//! of at most `batch_size` records, which the format decoders turn into batches. Parquet
+//! files are read with the parquet crate's async reader, projected to the needed columns.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::parquet::arrow::ProjectionMask;
+use bytes::Bytes;
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use tokio::time::Instant;
+
+use super::{CONNECTOR, FileSourceConfig, SourceFormat, object_name, parquet_builder};
+use crate::error::{Error, Result};
+use crate::format::{CsvDecoder, JsonDecoder, LineSplitter, RecordDecoder};
+use crate::schema_map::SchemaMap;
+use crate::source::{Source, SourceContext};
+
+/// How often a following source lists its location for new files.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A running `file` source.
+pub struct FileSource {
+    config: FileSourceConfig,
+    ctx: SourceContext,
+    /// Files listed but not read yet, in path order.
+    queue: VecDeque<ObjectMeta>,
+    /// Every file ever queued, so that following never reads a file twice.
+    seen: HashSet<Path>,
+    /// The file being read.
+    current: Option<OpenFile>,
+    /// When the location was last listed.
+    last_listing: Instant,
+}
+
+/// A file being read.
+enum OpenFile {
+    Text(TextFile),
+    Parquet(ParquetFile),
+}
+
+/// A CSV or JSON file being streamed and decoded.
+struct TextFile {
+    name: String,
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    /// Bytes read but not decoded yet.
+    buf: Vec<u8>,
+    splitter: LineSplitter,
+    /// The line number of the first line in `buf`.
+    next_line: u64,
+    eof: bool,
+    decoder: Box<dyn RecordDecoder>,
+}
+
+/// A parquet file being read.
+struct ParquetFile {
+    stream: BoxStream<'static, ::parquet::errors::Result<RecordBatch>>,
+    map: SchemaMap,
+}
+
+impl FileSource {
+    /// Lists the location and starts reading.
+    ///
+    /// # Errors
+    /// When the location cannot be listed (an empty location is fine when following).
+    pub(super) async fn open(config: FileSourceConfig, ctx: SourceContext) -> Result<Self> {
+        let files = match config.location.list().await {
+            Ok(files) => files,
+            Err(Error::Input(_)) if config.follow => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let seen = files.iter().map(|m| m.location.clone()).collect();
+        Ok(Self {
+            config,
+            ctx,
+            queue: files.into(),
+            seen,
+            current: None,
+            last_listing: Instant::now(),
+        })
+    }
+
+    /// Opens a file for reading. (Takes the parts of the source it needs rather than `&self`,
+    /// which is not `Sync`, so that the future stays `Send`.)
+    async fn start(
+        config: &FileSourceConfig,
+        ctx: &SourceContext,
+        meta: ObjectMeta,
+    ) -> Result<OpenFile> {
+        let name = object_name(&config.location, &meta.location);
+        let store = &config.location.store;
+        let schema = &config.schema;
+        let decoder: Box<dyn RecordDecoder> = match &config.format {
+            SourceFormat::Csv { header, delimiter } => {
+                Box::new(CsvDecoder::try_new(schema, *header, *delimiter)?)
+            }
+            SourceFormat::Json => Box::new(JsonDecoder::try_new(schema)?),
+            SourceFormat::Parquet => {
+                let builder = parquet_builder(store, &meta, &name).await?;
+                let file_schema = Arc::clone(builder.schema());
+                let mut indices = schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        file_schema.index_of(f.name()).map_err(|_| {
+                            Error::Input(format!("'{name}' has no column '{}'", f.name()))
+                        })
+                    })
+                    .collect::<Result<Vec<usize>>>()?;
+                indices.sort_unstable();
+                indices.dedup();
+                let projected = Arc::new(file_schema.project(&indices)?);
+                let map = SchemaMap::try_new(CONNECTOR, &projected, Some(schema)).map_err(|e| {
+                    Error::Input(format!("'{name}' does not fit the source's columns: {e}"))
+                })?;
+                let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
+                let stream = builder
+                    .with_projection(mask)
+                    .with_batch_size(ctx.batch_size.max(1))
+                    .build()?
+                    .boxed();
+                ctx.metrics.bytes.fetch_add(meta.size, Ordering::Relaxed);
+                return Ok(OpenFile::Parquet(ParquetFile { stream, map }));
+            }
+        };
+        let stream = store.get(&meta.location).await?.into_stream();
+        let quote = matches!(config.format, SourceFormat::Csv { .. }).then_some(b'"');
+        Ok(OpenFile::Text(TextFile {
+            name,
+            stream,
+            buf: Vec::new(),
+            splitter: LineSplitter::new(quote),
+            next_line: 1,
+            eof: false,
+            decoder,
+        }))
+    }
+
+    /// Waits for the next listing, and queues the files it finds that were never seen.
+    async fn poll_location(&mut self) -> Result<()> {
+        tokio::time::sleep_until(self.last_listing + FOLLOW_INTERVAL).await;
+        self.last_listing = Instant::now();
+        let files = match self.config.location.list().await {
+            Ok(files) => files,
+            Err(Error::Input(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for meta in files {
+            if self.seen.insert(meta.location.clone()) {
+                tracing::debug!(file = %meta.location, "file source found a new file");
+                self.queue.push_back(meta);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TextFile {
+    /// The next non-empty batch of this file, or `None` at its end.
+    async fn next(&mut self, ctx: &SourceContext) -> Result<Option<RecordBatch>> {
+        let max = ctx.batch_size.max(1);
+        loop {
+            let (boundary, records) = self.splitter.scan(&self.buf, max);
+            let end = if records >= max {
+                Some(boundary)
+            } else if self.eof && !self.buf.is_empty() {
+                Some(self.buf.len())
+            } else {
+                None
+            };
+            if let Some(end) = end {
+                let newlines = self.splitter.newlines_before(end);
+                let rest = self.buf.split_off(end);
+                let chunk = std::mem::replace(&mut self.buf, rest);
+                self.splitter.cut();
+                let first_line = self.next_line;
+                self.next_line += newlines;
+                let batch =
+                    self.decoder
+                        .decode(&chunk, &self.name, first_line, &ctx.bad_records)?;
+                if batch.num_rows() > 0 {
+                    return Ok(Some(batch));
+                }
+                continue;
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            match self.stream.next().await {
+                Some(bytes) => {
+                    let bytes = bytes?;
+                    ctx.metrics
+                        .bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    self.buf.extend_from_slice(&bytes);
+                }
+                None => self.eof = true,
+            }
+        }
+    }
+}
+
+impl ParquetFile {
+    /// The next non-empty batch of this file in the source's schema, or `None` at its end.
+    async fn next(&mut self) -> Result<Option<RecordBatch>> {
+        while let Some(batch) = self.stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() > 0 {
+                return Ok(Some(self.map.apply(&batch)?));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for FileSource {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some(file) = self.current.as_mut() {
+                let next = match file {
+                    OpenFile::Text(text) => text.next(&self.ctx).await?,
+                    OpenFile::Parquet(parquet) => parquet.next().await?,
+                };
+                match next {
+                    Some(batch) => {
+                        self.ctx
+                            .metrics
+                            .records
+                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                        return Ok(Some(batch));
+                    }
+                    None => self.current = None,
+                }
+                continue;
+            }
+            if let Some(meta) = self.queue.pop_front() {
+                self.current = Some(Self::start(&self.config, &self.ctx, meta).await?);
+                continue;
+            }
+            if !self.config.follow {
+                return Ok(None);
+            }
+            self.poll_location().await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bad_records::{BadRecords, OnError};
+    use crate::metrics::ConnectorMetrics;
+    use crate::options::Options;
+    use crate::source::SourceConfig;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+    fn ctx(batch_size: usize) -> SourceContext {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        SourceContext {
+            batch_size,
+            linger: Duration::from_millis(100),
+            metrics: Arc::clone(&metrics),
+            bad_records: Arc::new(BadRecords::new(OnError::Skip, metrics)),
+        }
+    }
+
+    fn opts(kv: &[(&str, &str)]) -> Options {
+        Options::new(
+            "file",
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    /// A temporary folder whose name does not start with '.', which listings skip.
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sluice-test")
+            .tempdir()
+            .unwrap()
+    }
+
+    fn decl() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    async fn read_all(config: &FileSourceConfig, ctx: SourceContext) -> Vec<RecordBatch> {
+        let mut source = config.open(ctx).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(batch) = source.next_batch().await.unwrap() {
+            out.push(batch);
+        }
+        out
+    }
+
+    fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn reads_csv_files_of_a_glob_in_batches() {
+        let dir = tempdir();
+        std::fs::write(
+            dir.path().join("a.csv"),
+            "id,name\n1,a\n2,b\n3,c\nx,bad\n4,d",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.csv"),
+            "id,name\n5,\"multi\nline\"\n6,f\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("c.json"), "{}\n").unwrap();
+        let glob = format!("{}/*.csv", dir.path().to_str().unwrap());
+        let config = FileSourceConfig::try_new(opts(&[("path", glob.as_str())]), Some(decl()))
+            .await
+            .unwrap();
+        let ctx = ctx(2);
+        let metrics = Arc::clone(&ctx.metrics);
+        let batches = read_all(&config, ctx).await;
+        assert!(batches.iter().all(|b| b.num_rows() <= 2));
+        assert_eq!(ids(&batches), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(metrics.records.load(Ordering::Relaxed), 6);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
+        assert!(metrics.bytes.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn reads_json_lines() {
+        let dir = tempdir();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "{\"id\":1,\"name\":\"a\"}\n{\"id\":2}\n").unwrap();
+        let config =
+            FileSourceConfig::try_new(opts(&[("path", path.to_str().unwrap())]), Some(decl()))
+                .await
+                .unwrap();
+        assert_eq!(ids(&read_all(&config, ctx(8192)).await), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn reads_parquet_with_a_projection() {
+        let dir = tempdir();
+        let path = dir.path().join("in.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("id", DataType::Int32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                    "a", "b", "c",
+                ])),
+                Arc::new(datafusion::arrow::array::Int32Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        let mut writer = ::parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            schema,
+            None,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let p = path.to_str().unwrap();
+
+        let declared = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let config = FileSourceConfig::try_new(opts(&[("path", p)]), Some(declared))
+            .await
+            .unwrap();
+        assert_eq!(config.schema().fields().len(), 1);
+        let batches = read_all(&config, ctx(2)).await;
+        assert_eq!(ids(&batches), vec![1, 2, 3]);
+        assert!(
+            batches
+                .iter()
+                .all(|b| b.num_rows() <= 2 && b.num_columns() == 1)
+        );
+
+        let config = FileSourceConfig::try_new(opts(&[("path", p)]), None)
+            .await
+            .unwrap();
+        assert_eq!(config.schema().fields().len(), 2);
+        let unknown = Arc::new(Schema::new(vec![Field::new("nope", DataType::Int64, true)]));
+        let err = FileSourceConfig::try_new(opts(&[("path", p)]), Some(unknown))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("'nope'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn follow_picks_up_new_files() {
+        let dir = tempdir();
+        std::fs::write(dir.path().join("a.jsonl"), "{\"id\":1}\n").unwrap();
+        let path = dir.path().to_str().unwrap();
+        let config = FileSourceConfig::try_new(
+            opts(&[("path", path), ("format", "json"), ("follow", "true")]),
+            Some(decl()),
+        )
+        .await
+        .unwrap();
+        assert!(!config.is_bounded());
+        let mut source = config.open(ctx(8192)).await.unwrap();
+        let first = source.next_batch().await.unwrap().unwrap();
+        assert_eq!(first.num_rows(), 1);
+        std::fs::write(dir.path().join("b.jsonl"), "{\"id\":2}\n").unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), source.next_batch())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&[next]), vec![2]);
+    }
+}

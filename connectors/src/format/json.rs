@@ -1,0 +1,254 @@
+//! The JSON-lines format: one object per line, decoded with Arrow's JSON decoder.
+//!
+//! Fields not declared are ignored and declared fields that are missing are NULL. Timestamps
+//! may be ISO-8601 strings or epoch-millisecond numbers: timestamp columns are decoded as
+//! milliseconds and cast to the declared unit afterwards. A whole chunk is decoded at once;
+//! only when that fails is it decoded line by line, to find and report the bad lines.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::Decoder;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::bad_records::BadRecords;
+use crate::error::{Error, Result};
+use crate::format::{RecordDecoder, batch_with_rows, line_location, nullable_schema};
+
+/// Decodes JSON lines into batches of a declared schema.
+#[derive(Debug)]
+pub struct JsonDecoder {
+    /// The declared schema, every column nullable.
+    schema: SchemaRef,
+    /// What the Arrow decoder reads: timestamps as milliseconds.
+    reader_schema: SchemaRef,
+}
+
+/// One non-empty line of a chunk.
+struct Line<'a> {
+    number: u64,
+    text: &'a [u8],
+}
+
+impl JsonDecoder {
+    /// A decoder for `schema` (every column becomes nullable).
+    ///
+    /// # Errors
+    /// When a column's type cannot be read from JSON.
+    pub fn try_new(schema: &SchemaRef) -> Result<Self> {
+        let schema = nullable_schema(schema);
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Timestamp(_, tz) => Field::new(
+                    f.name(),
+                    DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+                    true,
+                ),
+                other => Field::new(f.name(), other.clone(), true),
+            })
+            .collect();
+        let reader_schema = Arc::new(Schema::new(fields));
+        let decoder = Self {
+            schema,
+            reader_schema,
+        };
+        decoder
+            .arrow_decoder(1)
+            .map_err(|e| Error::Input(format!("the json format cannot read this schema: {e}")))?;
+        Ok(decoder)
+    }
+
+    fn arrow_decoder(&self, batch_size: usize) -> Result<Decoder> {
+        Ok(ReaderBuilder::new(Arc::clone(&self.reader_schema))
+            .with_batch_size(batch_size.max(1))
+            .with_coerce_primitive(true)
+            .build_decoder()?)
+    }
+
+    /// Decodes `data` expecting exactly `expected` objects; `Err` carries the reason.
+    fn decode_all(&self, data: &[u8], expected: usize) -> std::result::Result<RecordBatch, String> {
+        let mut decoder = self.arrow_decoder(expected).map_err(|e| e.to_string())?;
+        let consumed = decoder.decode(data).map_err(|e| e.to_string())?;
+        if consumed < data.len() && data[consumed..].iter().any(|b| !b.is_ascii_whitespace()) {
+            return Err("more than one JSON value on the line".to_string());
+        }
+        if decoder.has_partial_record() {
+            return Err("incomplete JSON object".to_string());
+        }
+        if decoder.len() != expected {
+            return Err(format!(
+                "expected {expected} JSON value(s), found {}",
+                decoder.len()
+            ));
+        }
+        match decoder.flush().map_err(|e| e.to_string())? {
+            Some(batch) => Ok(batch),
+            None => Ok(RecordBatch::new_empty(Arc::clone(&self.reader_schema))),
+        }
+    }
+
+    /// Casts timestamp columns from milliseconds to their declared units.
+    fn finish(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let options = CastOptions {
+            safe: true,
+            ..Default::default()
+        };
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields().iter())
+            .map(|(col, field)| {
+                if col.data_type() == field.data_type() {
+                    Ok(Arc::clone(col))
+                } else {
+                    cast_with_options(col, field.data_type(), &options).map_err(Error::from)
+                }
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        batch_with_rows(Arc::clone(&self.schema), columns, batch.num_rows())
+    }
+}
+
+/// The non-empty lines of `data`, numbered from `first_line`.
+fn lines(data: &[u8], first_line: u64) -> Vec<Line<'_>> {
+    data.split(|b| *b == b'\n')
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            (!text.iter().all(u8::is_ascii_whitespace)).then_some(Line {
+                number: first_line + i as u64,
+                text,
+            })
+        })
+        .collect()
+}
+
+impl RecordDecoder for JsonDecoder {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn decode(
+        &mut self,
+        data: &[u8],
+        source: &str,
+        first_line: u64,
+        bad: &BadRecords,
+    ) -> Result<RecordBatch> {
+        let lines = lines(data, first_line);
+        if lines.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema()));
+        }
+        // Fast path: the whole chunk at once.
+        if let Ok(batch) = self.decode_all(data, lines.len()) {
+            return self.finish(&batch);
+        }
+        // Slow path: validate each line alone, report the bad ones, decode the rest.
+        let mut good: Vec<u8> = Vec::with_capacity(data.len());
+        let mut count = 0usize;
+        for line in &lines {
+            match self.decode_all(line.text, 1) {
+                Ok(_) => {
+                    good.extend_from_slice(line.text);
+                    good.push(b'\n');
+                    count += 1;
+                }
+                Err(message) => {
+                    bad.report(&line_location(source, line.number), &message, line.text)?
+                }
+            }
+        }
+        if count == 0 {
+            return Ok(RecordBatch::new_empty(self.schema()));
+        }
+        let batch = self.decode_all(&good, count).map_err(|e| {
+            Error::Internal(format!(
+                "json lines that decoded alone failed together: {e}"
+            ))
+        })?;
+        self.finish(&batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bad_records::OnError;
+    use crate::metrics::ConnectorMetrics;
+    use datafusion::arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use std::sync::atomic::Ordering;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]))
+    }
+
+    #[test]
+    fn decodes_lines_with_both_timestamp_spellings() {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, metrics);
+        let mut d = JsonDecoder::try_new(&schema()).unwrap();
+        let data = b"{\"id\":1,\"name\":\"a\",\"ts\":\"2024-01-01T00:00:01Z\",\"extra\":true}\n\n{\"id\":2,\"ts\":1704067202000}\r\n";
+        let batch = d.decode(data, "f.json", 1, &bad).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(
+            batch.schema().field(2).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
+        let ts = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.values(), &[1_704_067_201_000_000, 1_704_067_202_000_000]);
+        let names = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert!(names.is_null(1));
+    }
+
+    #[test]
+    fn skips_and_counts_bad_lines() {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let mut d = JsonDecoder::try_new(&schema()).unwrap();
+        let data = b"{\"id\":1}\n{\"id\":\"x\"}\n{\"id\":3\n[1]\n{\"id\":5}\n";
+        let batch = d.decode(data, "f.json", 1, &bad).unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[1, 5]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn fail_policy_names_file_and_line() {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Fail, metrics);
+        let mut d = JsonDecoder::try_new(&schema()).unwrap();
+        let err = d
+            .decode(
+                b"{\"id\":1}\n{\"id\":1,\"ts\":\"nope\"}\n",
+                "in/f.json",
+                7,
+                &bad,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::BadRecord { location, .. } if location == "in/f.json:8"),
+            "{err}"
+        );
+    }
+}

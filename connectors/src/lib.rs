@@ -1,0 +1,125 @@
+//! Sluice's connectors: the [`Source`] and [`Sink`] traits, the formats they share, and one
+//! module per connector. No SQL lives here: the engine hands over a connector name, the
+//! `WITH (...)` options and the declared columns, and gets back a validated config.
+#![warn(missing_docs)]
+
+pub mod bad_records;
+pub mod console;
+pub mod error;
+pub mod file;
+pub mod format;
+pub mod generator;
+pub mod metrics;
+pub mod nexmark;
+pub mod options;
+pub mod parquet;
+pub mod schema_map;
+pub mod sink;
+pub mod source;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+
+pub use bad_records::{BadRecords, OnError};
+pub use error::{Error, ErrorKind, Result};
+pub use metrics::ConnectorMetrics;
+pub use options::Options;
+pub use sink::{Sink, SinkConfig};
+pub use source::{Source, SourceConfig, SourceContext};
+
+/// The source connectors this build knows.
+pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark"];
+/// The sink connectors this build knows.
+pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console"];
+
+/// A source declaration after validation: the connector's config plus the options every
+/// source shares (`batch_size`, `linger`, `on_error`).
+#[derive(Debug, Clone)]
+pub struct SourceDecl {
+    /// The connector's own validated config.
+    pub config: Arc<dyn SourceConfig>,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// How long a source waits to fill a batch.
+    pub linger: Duration,
+    /// What happens to bad records.
+    pub on_error: OnError,
+}
+
+impl SourceDecl {
+    /// The schema the source produces.
+    pub fn schema(&self) -> SchemaRef {
+        self.config.schema()
+    }
+}
+
+/// Validates a `CREATE SOURCE`: the connector exists, every option is known and well typed,
+/// the declared columns fit the connector. `declared` is `None` when no column list was given.
+///
+/// # Errors
+/// An [`Error::Option`] naming the connector, option or column at fault, or an input error
+/// (a missing file) where the connector must look at its input to know its schema.
+pub async fn source_decl(
+    connector: &str,
+    mut options: Options,
+    declared: Option<SchemaRef>,
+) -> Result<SourceDecl> {
+    let batch_size = options
+        .take_u64("batch_size")?
+        .map(|n| n as usize)
+        .unwrap_or(source::DEFAULT_BATCH_SIZE);
+    if batch_size == 0 {
+        return Err(Error::option(
+            connector,
+            "option 'batch_size' must be at least 1",
+        ));
+    }
+    let linger = options
+        .take_duration("linger")?
+        .unwrap_or(source::DEFAULT_LINGER);
+    let on_error = OnError::from_options(&mut options)?;
+    let config: Arc<dyn SourceConfig> = match connector.to_ascii_lowercase().as_str() {
+        "file" => Arc::new(file::FileSourceConfig::try_new(options, declared).await?),
+        "generator" => Arc::new(generator::GeneratorConfig::try_new(options, declared)?),
+        "nexmark" => Arc::new(nexmark::NexmarkConfig::try_new(options, declared)?),
+        other => {
+            return Err(Error::Option {
+                connector: other.to_string(),
+                message: format!(
+                    "unknown source connector; known: {}",
+                    SOURCE_CONNECTORS.join(", ")
+                ),
+            });
+        }
+    };
+    Ok(SourceDecl {
+        config,
+        batch_size,
+        linger,
+        on_error,
+    })
+}
+
+/// Validates a `CREATE SINK`'s connector and options.
+///
+/// # Errors
+/// An [`Error::Option`] naming the connector or option at fault.
+pub fn sink_config(connector: &str, options: Options) -> Result<Arc<dyn SinkConfig>> {
+    Ok(match connector.to_ascii_lowercase().as_str() {
+        "parquet" => Arc::new(parquet::ParquetSinkConfig::try_new(options)?),
+        "file" => Arc::new(file::FileSinkConfig::try_new(options)?),
+        "console" => Arc::new(console::ConsoleSinkConfig::try_new(options)?),
+        other => {
+            return Err(Error::Option {
+                connector: other.to_string(),
+                message: format!(
+                    "unknown sink connector; known: {}",
+                    SINK_CONNECTORS.join(", ")
+                ),
+            });
+        }
+    })
+}

@@ -1,0 +1,508 @@
+//! The running `parquet` sink: one open file per partition folder, each encoded into memory
+//! by an [`ArrowWriter`] and stored with one atomic `put` once it is complete, so that only
+//! finished files ever carry a `.parquet` name.
+//!
+//! Rows are split by partition with Arrow kernels (a lexicographic sort on the partition
+//! columns, then `partition` into runs of equal keys); the partition columns become the
+//! `col=value` folder names and are left out of the files, as Hive does.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ::parquet::arrow::ArrowWriter;
+use ::parquet::file::properties::WriterProperties;
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, partition, take_record_batch};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use object_store::path::{Path, PathPart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::{CONNECTOR, ParquetSinkConfig};
+use crate::error::{Error, Result};
+use crate::file::sink::{part_path, unique_suffix};
+use crate::metrics::ConnectorMetrics;
+use crate::sink::Sink;
+
+/// The folder name Hive gives a NULL (or empty) partition value.
+const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// A running `parquet` sink.
+pub(super) struct ParquetSink {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    rollover_rows: u64,
+    rollover_bytes: u64,
+    rollover_seconds: Option<Duration>,
+    props: WriterProperties,
+    /// Indices of the partition columns in the input.
+    partition_cols: Vec<usize>,
+    /// Names of the partition columns, escaped for folder names.
+    partition_names: Vec<String>,
+    /// Indices of the columns written to the files.
+    data_cols: Vec<usize>,
+    /// The schema of the files: the input without the partition columns.
+    file_schema: SchemaRef,
+    /// Open files by partition folder (relative to `root`; empty without partitions).
+    open: BTreeMap<String, OpenFile>,
+    /// The number of the next file.
+    seq: u64,
+    unique: String,
+    metrics: Arc<ConnectorMetrics>,
+}
+
+/// A file being written.
+struct OpenFile {
+    folder: Path,
+    writer: ArrowWriter<Vec<u8>>,
+    rows: u64,
+    opened: Instant,
+}
+
+/// Escapes a partition column name or value for a folder name, as Hive does for the
+/// characters that would break the path or the `col=value` form.
+fn escape_path_value(value: &str) -> String {
+    if value == "." || value == ".." {
+        return value.replace('.', "%2E");
+    }
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '/' | '=' | '%' | '\\') || c.is_ascii_control() {
+            let _ = write!(out, "%{:02X}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl ParquetSink {
+    /// A sink for batches of `schema`.
+    ///
+    /// # Errors
+    /// When a `partition_by` column is not in `schema` (the message names it), or every
+    /// column is a partition column.
+    pub(super) fn try_new(
+        config: &ParquetSinkConfig,
+        schema: &SchemaRef,
+        metrics: Arc<ConnectorMetrics>,
+    ) -> Result<Self> {
+        let mut partition_cols = Vec::with_capacity(config.partition_by.len());
+        for name in &config.partition_by {
+            let idx = schema
+                .fields()
+                .iter()
+                .position(|f| f.name() == name)
+                .or_else(|| {
+                    schema
+                        .fields()
+                        .iter()
+                        .position(|f| f.name().eq_ignore_ascii_case(name))
+                })
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    Error::option(
+                        CONNECTOR,
+                        format!(
+                            "partition_by column '{name}' is not in the sink's input; it has: {}",
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+            partition_cols.push(idx);
+        }
+        let data_cols: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !partition_cols.contains(i))
+            .collect();
+        if data_cols.is_empty() {
+            return Err(Error::option(
+                CONNECTOR,
+                "partition_by cannot name every column: the files would have none",
+            ));
+        }
+        let partition_names = partition_cols
+            .iter()
+            .map(|i| escape_path_value(schema.field(*i).name()))
+            .collect();
+        let file_schema: SchemaRef = Arc::new(Schema::new_with_metadata(
+            data_cols
+                .iter()
+                .map(|i| schema.field(*i).clone())
+                .collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        ));
+        let props = WriterProperties::builder()
+            .set_compression(config.compression)
+            .build();
+        Ok(Self {
+            store: Arc::clone(&config.location.store),
+            root: config.location.prefix.clone(),
+            rollover_rows: config.rollover_rows,
+            rollover_bytes: config.rollover_bytes,
+            rollover_seconds: config.rollover_seconds,
+            props,
+            partition_cols,
+            partition_names,
+            data_cols,
+            file_schema,
+            open: BTreeMap::new(),
+            seq: 0,
+            unique: unique_suffix(),
+            metrics,
+        })
+    }
+
+    /// The partition folder (relative to the root) of the first row of `batch`.
+    fn partition_key(&self, batch: &RecordBatch) -> Result<String> {
+        let options = FormatOptions::default();
+        let mut segments = Vec::with_capacity(self.partition_cols.len());
+        for (idx, name) in self.partition_cols.iter().zip(&self.partition_names) {
+            let column = batch.column(*idx);
+            let value = if column.is_null(0) {
+                String::new()
+            } else {
+                ArrayFormatter::try_new(column.as_ref(), &options)?
+                    .value(0)
+                    .to_string()
+            };
+            let value = if value.is_empty() {
+                HIVE_DEFAULT_PARTITION.to_string()
+            } else {
+                escape_path_value(&value)
+            };
+            segments.push(format!("{name}={value}"));
+        }
+        Ok(segments.join("/"))
+    }
+
+    /// Splits `batch` into the rows of each partition folder, without the partition columns.
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        if self.partition_cols.is_empty() {
+            return Ok(vec![(String::new(), batch.project(&self.data_cols)?)]);
+        }
+        let keys: Vec<ArrayRef> = self
+            .partition_cols
+            .iter()
+            .map(|i| Arc::clone(batch.column(*i)))
+            .collect();
+        let sorted = if partition(&keys)?.len() <= 1 {
+            batch.clone()
+        } else {
+            // Sort by the partition columns, then by row number to keep the input order.
+            let rows = u32::try_from(batch.num_rows())
+                .map_err(|_| Error::Internal("a batch of more than u32::MAX rows".to_string()))?;
+            let mut sort_columns: Vec<SortColumn> = keys
+                .iter()
+                .map(|k| SortColumn {
+                    values: Arc::clone(k),
+                    options: None,
+                })
+                .collect();
+            sort_columns.push(SortColumn {
+                values: Arc::new(UInt32Array::from_iter_values(0..rows)),
+                options: None,
+            });
+            let indices = lexsort_to_indices(&sort_columns, None)?;
+            take_record_batch(batch, &indices)?
+        };
+        let sorted_keys: Vec<ArrayRef> = self
+            .partition_cols
+            .iter()
+            .map(|i| Arc::clone(sorted.column(*i)))
+            .collect();
+        let mut out = Vec::new();
+        for range in partition(&sorted_keys)?.ranges() {
+            let rows = sorted.slice(range.start, range.end - range.start);
+            let key = self.partition_key(&rows)?;
+            out.push((key, rows.project(&self.data_cols)?));
+        }
+        Ok(out)
+    }
+
+    /// The folder of partition `key`.
+    fn folder(&self, key: &str) -> Result<Path> {
+        let mut folder = self.root.clone();
+        for segment in key.split('/').filter(|s| !s.is_empty()) {
+            let part = PathPart::parse(segment).map_err(|e| {
+                Error::Internal(format!(
+                    "partition folder '{segment}' is not a valid path part: {e}"
+                ))
+            })?;
+            folder = folder.join(part);
+        }
+        Ok(folder)
+    }
+
+    /// Appends rows to the open file of partition `key`, rolling it over as it fills.
+    async fn write_partition(&mut self, key: String, data: RecordBatch) -> Result<()> {
+        let total = data.num_rows();
+        let mut offset = 0;
+        while offset < total {
+            let folder = if self.open.contains_key(&key) {
+                None
+            } else {
+                Some(self.folder(&key)?)
+            };
+            let file = match self.open.entry(key.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(OpenFile {
+                    folder: folder.unwrap_or_else(|| self.root.clone()),
+                    writer: ArrowWriter::try_new(
+                        Vec::new(),
+                        Arc::clone(&self.file_schema),
+                        Some(self.props.clone()),
+                    )?,
+                    rows: 0,
+                    opened: Instant::now(),
+                }),
+            };
+            let room = usize::try_from(self.rollover_rows.saturating_sub(file.rows))
+                .unwrap_or(usize::MAX)
+                .max(1);
+            let take = room.min(total - offset);
+            file.writer.write(&data.slice(offset, take))?;
+            file.rows += take as u64;
+            offset += take;
+            let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
+            if file.rows >= self.rollover_rows || size >= self.rollover_bytes {
+                self.close(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every file open longer than `rollover_seconds`.
+    async fn close_expired(&mut self) -> Result<()> {
+        let Some(max_age) = self.rollover_seconds else {
+            return Ok(());
+        };
+        let expired: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, f)| f.opened.elapsed() >= max_age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.close(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the file of partition `key` and stores it under its final name.
+    async fn close(&mut self, key: &str) -> Result<()> {
+        let Some(file) = self.open.remove(key) else {
+            return Ok(());
+        };
+        let rows = file.rows;
+        let data = file.writer.into_inner()?;
+        let len = data.len() as u64;
+        let path = part_path(&file.folder, self.seq, &self.unique, "parquet");
+        self.seq += 1;
+        self.store.put(&path, PutPayload::from(data)).await?;
+        self.metrics.bytes.fetch_add(len, Ordering::Relaxed);
+        tracing::debug!(file = %path, rows, bytes = len, "parquet sink wrote a file");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ParquetSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.close_expired().await?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.metrics
+            .records
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        for (key, data) in self.split(&batch)? {
+            self.write_partition(key, data).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        let keys: Vec<String> = self.open.keys().cloned().collect();
+        for key in keys {
+            self.close(&key).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+    use crate::sink::SinkConfig;
+    use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("k", DataType::Utf8, true),
+        ]))
+    }
+
+    fn batch(ids: &[i64], keys: &[Option<&str>]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(keys.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn config(dir: &std::path::Path, extra: &[(&str, &str)]) -> ParquetSinkConfig {
+        let mut kv = vec![("path".to_string(), dir.to_str().unwrap().to_string())];
+        kv.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        ParquetSinkConfig::try_new(Options::new("parquet", kv)).unwrap()
+    }
+
+    /// Every file under `dir`, as paths relative to it, sorted.
+    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push(path.strip_prefix(dir).unwrap().to_path_buf());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn read(path: &std::path::Path) -> Vec<RecordBatch> {
+        let file = std::fs::File::open(path).unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rolls_over_by_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let mut sink = config(dir.path(), &[("rollover_rows", "2")])
+            .open(schema(), Arc::clone(&metrics))
+            .await
+            .unwrap();
+        sink.write(batch(&[1, 2, 3], &[Some("a"), None, Some("b")]))
+            .await
+            .unwrap();
+        sink.write(batch(&[4, 5, 6], &[Some("a"), Some("a"), Some("a")]))
+            .await
+            .unwrap();
+        sink.finish().await.unwrap();
+        let names = files(dir.path());
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.to_string_lossy().ends_with(".parquet")),
+            "{names:?}"
+        );
+        let rows: usize = names
+            .iter()
+            .flat_map(|n| read(&dir.path().join(n)))
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 6);
+        assert_eq!(metrics.records.load(Ordering::Relaxed), 6);
+        assert!(metrics.bytes.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn partitions_into_hive_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = config(
+            dir.path(),
+            &[("partition_by", "k"), ("compression", "zstd")],
+        )
+        .open(schema(), Arc::new(ConnectorMetrics::default()))
+        .await
+        .unwrap();
+        sink.write(batch(
+            &[1, 2, 3, 4, 5],
+            &[Some("b"), Some("a"), None, Some("a/x"), Some("b")],
+        ))
+        .await
+        .unwrap();
+        sink.write(batch(&[6], &[Some("a")])).await.unwrap();
+        sink.finish().await.unwrap();
+        let names = files(dir.path());
+        let folders: Vec<String> = names
+            .iter()
+            .map(|n| n.parent().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            folders,
+            vec!["k=__HIVE_DEFAULT_PARTITION__", "k=a", "k=a%2Fx", "k=b"],
+            "{names:?}"
+        );
+        let b = read(&dir.path().join(&names[3]));
+        assert_eq!(
+            b[0].num_columns(),
+            1,
+            "the partition column is not in the file"
+        );
+        let ids = b[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[1, 5]);
+        let a = read(&dir.path().join(&names[1]));
+        let ids: Vec<i64> = a
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(ids, vec![2, 6]);
+    }
+
+    #[tokio::test]
+    async fn unknown_partition_column_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = config(dir.path(), &[("partition_by", "nope")])
+            .open(schema(), Arc::new(ConnectorMetrics::default()))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("'nope'"), "{err}");
+    }
+
+    #[test]
+    fn escapes_folder_names() {
+        assert_eq!(escape_path_value("a/b=c%d"), "a%2Fb%3Dc%25d");
+        assert_eq!(escape_path_value(".."), "%2E%2E");
+        assert_eq!(
+            escape_path_value("2024-01-01T00:00:00"),
+            "2024-01-01T00:00:00"
+        );
+    }
+}

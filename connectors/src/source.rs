@@ -1,0 +1,58 @@
+//! The source side: what a connector must provide to feed rows into a pipeline.
+//!
+//! A [`SourceConfig`] is the validated result of a `CREATE SOURCE ... WITH (...)`: it knows
+//! the output schema before anything runs. [`SourceConfig::open`] makes a running
+//! [`Source`], which hands out Arrow batches until its input ends.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::bad_records::BadRecords;
+use crate::error::Result;
+use crate::metrics::ConnectorMetrics;
+
+/// Default rows per batch (DESIGN.md §3).
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+/// Default time a source waits to fill a batch before cutting it (DESIGN.md §3).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(100);
+
+/// What a running source gets from the engine.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// Cut a batch at this many rows.
+    pub batch_size: usize,
+    /// Cut a batch after this long, if rows arrive slower than `batch_size` fills.
+    pub linger: Duration,
+    /// Counters the engine reports.
+    pub metrics: Arc<ConnectorMetrics>,
+    /// Where bad records go.
+    pub bad_records: Arc<BadRecords>,
+}
+
+/// A running source: a stream of batches in the config's schema.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// The next batch, or `None` once a bounded input is exhausted.
+    ///
+    /// # Errors
+    /// When the input fails, or a record is bad and `on_error = 'fail'`.
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+}
+
+/// A validated source declaration.
+#[async_trait::async_trait]
+pub trait SourceConfig: Send + Sync + Debug {
+    /// The schema of every batch the source produces.
+    fn schema(&self) -> SchemaRef;
+    /// Whether the input ends by itself (a file, a generator with `rows`).
+    fn is_bounded(&self) -> bool;
+    /// Starts reading.
+    ///
+    /// # Errors
+    /// When the input cannot be opened.
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>>;
+}

@@ -1,0 +1,72 @@
+//! Counters of a running pipeline: rows in and out, the watermark, late and bad rows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use sluice_connectors::ConnectorMetrics;
+
+use crate::message::WATERMARK_MIN;
+
+/// Live counters of one pipeline, read by progress displays and tests.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    /// Rows read by the sources.
+    pub rows_in: AtomicU64,
+    /// Rows handed to the sink.
+    pub rows_out: AtomicU64,
+    /// Rows dropped because all their windows had been emitted (`late_rows_dropped`).
+    pub late_rows_dropped: Arc<AtomicU64>,
+    /// The watermark at the sink side of the sources (nanoseconds).
+    pub watermark: AtomicI64,
+    /// The sources' connector counters (`bad_records` among them).
+    pub sources: std::sync::Mutex<Vec<Arc<ConnectorMetrics>>>,
+}
+
+impl Default for PipelineMetrics {
+    fn default() -> Self {
+        Self {
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            late_rows_dropped: Arc::new(AtomicU64::new(0)),
+            watermark: AtomicI64::new(WATERMARK_MIN),
+            sources: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A point-in-time copy of [`PipelineMetrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Rows read.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Late rows dropped.
+    pub late_rows_dropped: u64,
+    /// Bad records skipped.
+    pub bad_records: u64,
+    /// The watermark, nanoseconds (i64::MIN before any).
+    pub watermark: i64,
+}
+
+impl PipelineMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let bad_records = self
+            .sources
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|m| m.bad_records.load(Ordering::Relaxed))
+                    .sum()
+            })
+            .unwrap_or(0);
+        MetricsSnapshot {
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            late_rows_dropped: self.late_rows_dropped.load(Ordering::Relaxed),
+            bad_records,
+            watermark: self.watermark.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The operator contract: small lifecycle hooks. The runtime owns the loop, the channels,
+//! watermark alignment across inputs and the metrics; an operator only reacts.
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+use crate::message::Watermark;
+
+/// Where an operator puts the batches it emits.
+#[derive(Debug, Default)]
+pub struct Output {
+    batches: Vec<RecordBatch>,
+}
+
+impl Output {
+    /// Emits a batch; empty batches are dropped.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+    }
+
+    /// Takes what was emitted so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, RecordBatch> {
+        self.batches.drain(..)
+    }
+}
+
+/// A streaming operator.
+pub trait Operator: Send {
+    /// A short name for plans, logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Handles a batch of rows from input `input`.
+    ///
+    /// # Errors
+    /// When an expression or accumulator fails on the batch.
+    fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()>;
+
+    /// Handles the combined watermark of all inputs, which only moves forward. Stateful
+    /// operators emit what it completes.
+    ///
+    /// # Errors
+    /// When emitting results fails.
+    fn process_watermark(&mut self, _watermark: Watermark, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+}

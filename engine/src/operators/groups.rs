@@ -1,0 +1,321 @@
+//! Grouped aggregation state shared by the window operators: DataFusion's vectorised
+//! `GroupValues` to intern keys and `GroupsAccumulator`s to aggregate, with the adapter
+//! for the few aggregate functions that only have a row accumulator.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use crate::error::{Error, Result};
+
+/// The aggregate functions of one operator, with how to evaluate their inputs.
+#[derive(Debug, Clone)]
+pub struct AggregateSet {
+    /// The functions.
+    pub functions: Vec<Arc<AggregateFunctionExpr>>,
+    /// Per function: argument expressions (and ORDER BY expressions) over the input.
+    pub args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Per function: its `FILTER (WHERE ...)`.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The schema of the group keys.
+    pub key_schema: SchemaRef,
+}
+
+/// Evaluated inputs of an [`AggregateSet`] for one batch.
+#[derive(Debug, Clone)]
+pub struct AggregateInputs {
+    /// Group key columns.
+    pub keys: Vec<ArrayRef>,
+    /// Per function, its argument columns.
+    pub args: Vec<Vec<ArrayRef>>,
+    /// Per function, its filter mask.
+    pub filters: Vec<Option<BooleanArray>>,
+}
+
+impl AggregateSet {
+    /// Evaluates keys, arguments and filters over a batch.
+    ///
+    /// # Errors
+    /// When an expression fails.
+    pub fn evaluate(
+        &self,
+        keys: &[Arc<dyn PhysicalExpr>],
+        batch: &RecordBatch,
+    ) -> Result<AggregateInputs> {
+        let n = batch.num_rows();
+        let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> {
+            Ok(e.evaluate(batch)?.into_array(n)?)
+        };
+        let keys = keys.iter().map(eval).collect::<Result<Vec<_>>>()?;
+        let args = self
+            .args
+            .iter()
+            .map(|a| a.iter().map(eval).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map(|f| {
+                        let a = eval(f)?;
+                        a.as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .cloned()
+                            .ok_or_else(|| {
+                                Error::Internal("aggregate FILTER is not boolean".into())
+                            })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AggregateInputs {
+            keys,
+            args,
+            filters,
+        })
+    }
+
+    /// Fresh accumulators, one per function.
+    ///
+    /// # Errors
+    /// When DataFusion cannot create an accumulator.
+    pub fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.functions
+            .iter()
+            .map(|f| {
+                if f.groups_accumulator_supported() {
+                    Ok(f.create_groups_accumulator()?)
+                } else {
+                    let f = Arc::clone(f);
+                    let acc: Box<dyn GroupsAccumulator> =
+                        Box::new(GroupsAccumulatorAdapter::new(move || {
+                            f.create_accumulator()
+                        }));
+                    Ok(acc)
+                }
+            })
+            .collect()
+    }
+}
+
+impl AggregateInputs {
+    /// The rows at `indices`, for splitting a batch among windows.
+    ///
+    /// # Errors
+    /// When a take kernel fails.
+    pub fn take(&self, indices: &datafusion::arrow::array::UInt32Array) -> Result<Self> {
+        use datafusion::arrow::compute::take;
+        let t = |a: &ArrayRef| -> Result<ArrayRef> { Ok(take(a.as_ref(), indices, None)?) };
+        Ok(Self {
+            keys: self.keys.iter().map(t).collect::<Result<_>>()?,
+            args: self
+                .args
+                .iter()
+                .map(|a| a.iter().map(t).collect::<Result<_>>())
+                .collect::<Result<_>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .map(|f| {
+                            let taken = take(f, indices, None)?;
+                            taken
+                                .as_any()
+                                .downcast_ref::<BooleanArray>()
+                                .cloned()
+                                .ok_or_else(|| {
+                                    Error::Internal("take changed a boolean array's type".into())
+                                })
+                        })
+                        .transpose()
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.keys
+            .first()
+            .map(|k| k.len())
+            .or_else(|| self.args.iter().flatten().next().map(|a| a.len()))
+            .unwrap_or(0)
+    }
+}
+
+/// Interns group keys to dense group indices. With no key columns every row is group 0.
+enum Keys {
+    None { any: bool },
+    Values(Box<dyn GroupValues>),
+}
+
+impl Keys {
+    fn new(schema: &SchemaRef) -> Result<Self> {
+        if schema.fields().is_empty() {
+            Ok(Keys::None { any: false })
+        } else {
+            Ok(Keys::Values(new_group_values(
+                Arc::clone(schema),
+                &GroupOrdering::None,
+            )?))
+        }
+    }
+
+    fn intern(&mut self, cols: &[ArrayRef], rows: usize, groups: &mut Vec<usize>) -> Result<()> {
+        match self {
+            Keys::None { any } => {
+                groups.clear();
+                groups.resize(rows, 0);
+                *any |= rows > 0;
+                Ok(())
+            }
+            Keys::Values(v) => Ok(v.intern(cols, groups)?),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Keys::None { any } => usize::from(*any),
+            Keys::Values(v) => v.len(),
+        }
+    }
+
+    fn emit(&mut self) -> Result<Vec<ArrayRef>> {
+        match self {
+            Keys::None { any } => {
+                *any = false;
+                Ok(vec![])
+            }
+            Keys::Values(v) => Ok(v.emit(EmitTo::All)?),
+        }
+    }
+}
+
+/// Groups and their accumulators: the state of one pane, window or session batch.
+pub struct GroupedState {
+    keys: Keys,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    group_indices: Vec<usize>,
+}
+
+/// The keys and per-function partial states of a [`GroupedState`], ready to merge elsewhere.
+#[derive(Debug, Clone)]
+pub struct PartialState {
+    /// Key columns, one row per group.
+    pub keys: Vec<ArrayRef>,
+    /// Per function, its state columns.
+    pub states: Vec<Vec<ArrayRef>>,
+}
+
+impl GroupedState {
+    /// An empty state for `set`.
+    ///
+    /// # Errors
+    /// When accumulators cannot be created.
+    pub fn try_new(set: &AggregateSet) -> Result<Self> {
+        Ok(Self {
+            keys: Keys::new(&set.key_schema)?,
+            accumulators: set.accumulators()?,
+            group_indices: Vec::new(),
+        })
+    }
+
+    /// Number of groups.
+    pub fn num_groups(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Adds rows.
+    ///
+    /// # Errors
+    /// When an accumulator fails.
+    pub fn update(&mut self, inputs: &AggregateInputs) -> Result<()> {
+        let rows = inputs.num_rows();
+        self.keys
+            .intern(&inputs.keys, rows, &mut self.group_indices)?;
+        let total = self.keys.len();
+        for ((acc, args), filter) in self
+            .accumulators
+            .iter_mut()
+            .zip(&inputs.args)
+            .zip(&inputs.filters)
+        {
+            acc.update_batch(args, &self.group_indices, filter.as_ref(), total)?;
+        }
+        Ok(())
+    }
+
+    /// Merges partial states (from [`GroupedState::into_partial`]).
+    ///
+    /// # Errors
+    /// When an accumulator fails.
+    pub fn merge(&mut self, partial: &PartialState) -> Result<()> {
+        let rows = partial
+            .keys
+            .first()
+            .map(|k| k.len())
+            .or_else(|| partial.states.iter().flatten().next().map(|a| a.len()))
+            .unwrap_or(0);
+        self.keys
+            .intern(&partial.keys, rows, &mut self.group_indices)?;
+        let total = self.keys.len();
+        for (acc, states) in self.accumulators.iter_mut().zip(&partial.states) {
+            acc.merge_batch(states, &self.group_indices, total)?;
+        }
+        Ok(())
+    }
+
+    /// Final values: the key columns, then one column per function.
+    ///
+    /// # Errors
+    /// When an accumulator fails.
+    pub fn finish(mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let keys = self.keys.emit()?;
+        let values = self
+            .accumulators
+            .iter_mut()
+            .map(|a| Ok(a.evaluate(EmitTo::All)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((keys, values))
+    }
+
+    /// Partial states, to merge into the windows that share this pane.
+    ///
+    /// # Errors
+    /// When an accumulator fails.
+    pub fn into_partial(mut self) -> Result<PartialState> {
+        let keys = self.keys.emit()?;
+        let states = self
+            .accumulators
+            .iter_mut()
+            .map(|a| Ok(a.state(EmitTo::All)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PartialState { keys, states })
+    }
+
+    /// Approximate memory held, in bytes.
+    pub fn size(&self) -> usize {
+        let keys = match &self.keys {
+            Keys::None { .. } => 0,
+            Keys::Values(v) => v.size(),
+        };
+        keys + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+impl std::fmt::Debug for GroupedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupedState")
+            .field("groups", &self.num_groups())
+            .finish()
+    }
+}

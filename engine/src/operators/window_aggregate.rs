@@ -1,0 +1,385 @@
+//! Windowed `GROUP BY` over `TUMBLE`, `HOP` and `CUMULATE`, emitting each window once when
+//! the watermark passes its end.
+//!
+//! Rows are aggregated into panes: the largest interval every window of the kind is a
+//! whole number of (the window itself for TUMBLE, gcd(slide, size) for HOP, the step for
+//! CUMULATE). Each row updates exactly one pane's vectorised accumulators. A TUMBLE window
+//! is its pane and is evaluated directly; a HOP or CUMULATE window merges the partial
+//! states of its panes when it is emitted, so no row is aggregated once per window.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::array::{Array, ArrayRef, TimestampNanosecondArray, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, sort_to_indices};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use sluice_planner::plan::{GroupColumn, WindowAggregate};
+use sluice_planner::window::WindowKind;
+
+use crate::error::{Error, Result};
+use crate::message::Watermark;
+use crate::operator::{Operator, Output};
+use crate::operators::groups::{AggregateSet, GroupedState, PartialState};
+
+/// One pane: live accumulators, and partial states frozen once the pane was complete.
+#[derive(Debug, Default)]
+struct Pane {
+    live: Option<GroupedState>,
+    frozen: Vec<PartialState>,
+}
+
+/// The windowed aggregate operator for TUMBLE, HOP and CUMULATE.
+#[derive(Debug)]
+pub struct WindowAggregateOperator {
+    spec: WindowAggregate,
+    set: AggregateSet,
+    schema: SchemaRef,
+    pane: i64,
+    late_rows: Arc<AtomicU64>,
+    panes: BTreeMap<i64, Pane>,
+    watermark: Watermark,
+}
+
+impl WindowAggregateOperator {
+    /// An operator reading `input` and producing `output`.
+    ///
+    /// # Errors
+    /// For a SESSION window (see the session operator), a time column that is not a
+    /// nanosecond timestamp, or aggregate results that do not match `output`.
+    pub fn try_new(
+        spec: WindowAggregate,
+        input: &SchemaRef,
+        output: SchemaRef,
+        late_rows: Arc<AtomicU64>,
+    ) -> Result<Self> {
+        let pane = spec
+            .kind
+            .pane()
+            .ok_or_else(|| Error::Internal("session windows use the session operator".into()))?;
+        let set = aggregate_set(&spec, input, &output)?;
+        Ok(Self {
+            spec,
+            set,
+            schema: output,
+            pane,
+            late_rows,
+            panes: BTreeMap::new(),
+            watermark: i64::MIN,
+        })
+    }
+
+    /// The end of the last window a row at `t` belongs to; the row is late once the
+    /// watermark reaches it.
+    fn last_end(kind: WindowKind, t: i64) -> i64 {
+        match kind {
+            WindowKind::Tumble { size } => t.div_euclid(size) * size + size,
+            WindowKind::Hop { slide, size } => t.div_euclid(slide) * slide + size,
+            WindowKind::Cumulate { size, .. } => t.div_euclid(size) * size + size,
+            WindowKind::Session { gap } => t.saturating_add(gap),
+        }
+    }
+
+    /// The windows `(end, start)` that contain the pane starting at `p`.
+    fn windows_of_pane(&self, p: i64, out: &mut BTreeSet<(i64, i64)>, after: i64, upto: i64) {
+        match self.spec.kind {
+            WindowKind::Tumble { size } => {
+                out.insert((p + size, p));
+            }
+            WindowKind::Hop { slide, size } => {
+                let mut s = p.div_euclid(slide) * slide;
+                while s + size > p {
+                    let end = s + size;
+                    if end > after && end <= upto {
+                        out.insert((end, s));
+                    }
+                    s -= slide;
+                }
+            }
+            WindowKind::Cumulate { step, size } => {
+                let base = p.div_euclid(size) * size;
+                let mut end = p + step;
+                while end <= base + size {
+                    if end > after && end <= upto {
+                        out.insert((end, base));
+                    }
+                    end += step;
+                }
+            }
+            WindowKind::Session { .. } => {}
+        }
+    }
+
+    fn update_pane(
+        &mut self,
+        pane_start: i64,
+        inputs: &crate::operators::groups::AggregateInputs,
+    ) -> Result<()> {
+        let pane = self.panes.entry(pane_start).or_default();
+        if pane.live.is_none() {
+            pane.live = Some(GroupedState::try_new(&self.set)?);
+        }
+        match pane.live.as_mut() {
+            Some(state) => state.update(inputs),
+            None => Err(Error::Internal("pane state vanished".into())),
+        }
+    }
+
+    /// Drops rows all of whose windows were emitted, counting them, and rows without time.
+    fn drop_late(
+        &self,
+        batch: RecordBatch,
+        times: &TimestampNanosecondArray,
+    ) -> Result<(RecordBatch, TimestampNanosecondArray)> {
+        let kind = self.spec.kind;
+        let watermark = self.watermark;
+        let keep: BooleanArray = times
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| Self::last_end(kind, t) > watermark)))
+            .collect();
+        let late = times
+            .iter()
+            .filter(|t| t.is_some_and(|t| Self::last_end(kind, t) <= watermark))
+            .count();
+        self.late_rows.fetch_add(late as u64, Ordering::Relaxed);
+        let kept = filter_record_batch(&batch, &keep)?;
+        let times = time_column(&kept, self.spec.time_index)?;
+        Ok((kept, times))
+    }
+
+    fn emit_tumble(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        let WindowKind::Tumble { size } = self.spec.kind else {
+            return Ok(());
+        };
+        while let Some(entry) = self.panes.first_entry() {
+            let start = *entry.key();
+            if start.saturating_add(size) > watermark {
+                break;
+            }
+            let pane = entry.remove();
+            // A tumbling window is its pane: it never has frozen parts.
+            if let Some(state) = pane.live {
+                let (keys, values) = state.finish()?;
+                out.emit(window_batch(
+                    &self.schema,
+                    &self.spec.group_columns,
+                    keys,
+                    values,
+                    start,
+                    start + size,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_merged(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        let previous = self.watermark;
+        // Freeze every pane that is complete, so windows can merge its partial state.
+        for (&p, pane) in self.panes.range_mut(..) {
+            if p.saturating_add(self.pane) > watermark {
+                break;
+            }
+            if let Some(live) = pane.live.take() {
+                pane.frozen.push(live.into_partial()?);
+            }
+        }
+        let mut windows = BTreeSet::new();
+        for &p in self.panes.keys() {
+            if p >= watermark {
+                break;
+            }
+            self.windows_of_pane(p, &mut windows, previous, watermark);
+        }
+        for (end, start) in windows {
+            let mut merged = GroupedState::try_new(&self.set)?;
+            for (_, pane) in self.panes.range(start..end) {
+                for part in &pane.frozen {
+                    merged.merge(part)?;
+                }
+            }
+            if merged.num_groups() > 0 {
+                let (keys, values) = merged.finish()?;
+                out.emit(window_batch(
+                    &self.schema,
+                    &self.spec.group_columns,
+                    keys,
+                    values,
+                    start,
+                    end,
+                )?);
+            }
+        }
+        // Drop panes whose last window has been emitted.
+        let kind = self.spec.kind;
+        self.panes
+            .retain(|&p, _| Self::last_end(kind, p) > watermark);
+        Ok(())
+    }
+}
+
+impl Operator for WindowAggregateOperator {
+    fn name(&self) -> &'static str {
+        "window_aggregate"
+    }
+
+    fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
+        let times = time_column(&batch, self.spec.time_index)?;
+        // Drop late rows (every window already emitted) and rows without event time.
+        let kind = self.spec.kind;
+        let watermark = self.watermark;
+        let earliest = datafusion::arrow::compute::min(&times);
+        let all_on_time =
+            times.null_count() == 0 && earliest.is_none_or(|t| Self::last_end(kind, t) > watermark);
+        let (batch, times) = if all_on_time {
+            (batch, times)
+        } else {
+            self.drop_late(batch, &times)?
+        };
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let inputs = self.set.evaluate(&self.spec.keys, &batch)?;
+        let pane = self.pane;
+        let values = times.values();
+        let first = values[0].div_euclid(pane);
+        if values.iter().all(|t| t.div_euclid(pane) == first) {
+            return self.update_pane(first * pane, &inputs);
+        }
+        // Rows of several panes: sort row indices by pane and update each run.
+        let panes: TimestampNanosecondArray = times.unary(|t| t.div_euclid(pane) * pane);
+        let order = sort_to_indices(&panes, None, None)?;
+        let mut run_start = 0usize;
+        let idx = order.values();
+        while run_start < idx.len() {
+            let p = panes.value(idx[run_start] as usize);
+            let mut run_end = run_start + 1;
+            while run_end < idx.len() && panes.value(idx[run_end] as usize) == p {
+                run_end += 1;
+            }
+            let take = UInt32Array::from(idx[run_start..run_end].to_vec());
+            self.update_pane(p, &inputs.take(&take)?)?;
+            run_start = run_end;
+        }
+        Ok(())
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        if watermark <= self.watermark {
+            return Ok(());
+        }
+        match self.spec.kind {
+            WindowKind::Tumble { .. } => self.emit_tumble(watermark, out)?,
+            _ => self.emit_merged(watermark, out)?,
+        }
+        self.watermark = watermark;
+        Ok(())
+    }
+}
+
+/// The time column of a batch as nanosecond timestamps.
+pub(crate) fn time_column(batch: &RecordBatch, index: usize) -> Result<TimestampNanosecondArray> {
+    batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .cloned()
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "window time column {index} is not a nanosecond timestamp"
+            ))
+        })
+}
+
+/// The [`AggregateSet`] of a windowed aggregate, checked against the output schema.
+pub(crate) fn aggregate_set(
+    spec: &WindowAggregate,
+    input: &SchemaRef,
+    output: &SchemaRef,
+) -> Result<AggregateSet> {
+    match input.fields().get(spec.time_index).map(|f| f.data_type()) {
+        Some(DataType::Timestamp(TimeUnit::Nanosecond, _)) => {}
+        other => {
+            return Err(Error::Internal(format!(
+                "window time column is {other:?}, expected a nanosecond timestamp"
+            )));
+        }
+    }
+    let key_fields = spec
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Ok(Field::new(format!("key{i}"), k.data_type(input)?, true)))
+        .collect::<Result<Vec<_>>>()?;
+    let args = spec
+        .aggregates
+        .iter()
+        .map(|a| {
+            let mut exprs = a.expressions();
+            exprs.extend(a.order_bys().iter().map(|o| Arc::clone(&o.expr)));
+            exprs
+        })
+        .collect();
+    let n_groups = spec.group_columns.len();
+    if output.fields().len() != n_groups + spec.aggregates.len() {
+        return Err(Error::Internal(
+            "window aggregate output has the wrong number of columns".into(),
+        ));
+    }
+    for (a, f) in spec
+        .aggregates
+        .iter()
+        .zip(output.fields().iter().skip(n_groups))
+    {
+        if a.field().data_type() != f.data_type() {
+            return Err(Error::Internal(format!(
+                "aggregate {} yields {}, schema says {}",
+                a.name(),
+                a.field().data_type(),
+                f.data_type()
+            )));
+        }
+    }
+    Ok(AggregateSet {
+        functions: spec.aggregates.clone(),
+        args,
+        filters: spec.filters.clone(),
+        key_schema: Arc::new(Schema::new(key_fields)),
+    })
+}
+
+/// Assembles a window's output batch: the group columns in plan order, then the aggregates.
+pub(crate) fn window_batch(
+    schema: &SchemaRef,
+    group_columns: &[GroupColumn],
+    keys: Vec<ArrayRef>,
+    values: Vec<ArrayRef>,
+    start: i64,
+    end: i64,
+) -> Result<RecordBatch> {
+    let rows = values
+        .first()
+        .map(|v| v.len())
+        .or_else(|| keys.first().map(|k| k.len()))
+        .unwrap_or(0);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for g in group_columns {
+        columns.push(match g {
+            GroupColumn::Key(i) => Arc::clone(
+                keys.get(*i)
+                    .ok_or_else(|| Error::Internal("missing key column".into()))?,
+            ),
+            GroupColumn::WindowStart => Arc::new(TimestampNanosecondArray::from_value(start, rows)),
+            GroupColumn::WindowEnd => Arc::new(TimestampNanosecondArray::from_value(end, rows)),
+        });
+    }
+    columns.extend(values);
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}

@@ -1,0 +1,13 @@
+//! The runtime: turns a [`sluice_planner::StreamPlan`] into tasks joined by bounded channels
+//! and drives them. Consecutive single-input operators are chained into one task; sources
+//! and sinks run in tasks of their own, so a slow sink back-pressures its sources.
+
+mod chain;
+mod pipeline;
+mod sink_task;
+mod source_task;
+
+pub use pipeline::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
+
+/// Messages a channel holds before its sender waits: the back-pressure window.
+pub const CHANNEL_CAPACITY: usize = 8;

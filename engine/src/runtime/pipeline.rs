@@ -1,0 +1,337 @@
+//! A running pipeline: the tasks of one continuous query, from its sources to its sink.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sluice_connectors::{BadRecords, ConnectorMetrics, Sink, SourceContext, SourceDecl};
+use sluice_planner::WatermarkSpec;
+use sluice_planner::plan::{StreamOp, StreamPlan};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::metrics::PipelineMetrics;
+use crate::operator::Operator;
+use crate::operators::filter::FilterOperator;
+use crate::operators::project::ProjectOperator;
+use crate::operators::session_window::SessionWindowOperator;
+use crate::operators::union::UnionOperator;
+use crate::operators::window_aggregate::WindowAggregateOperator;
+use crate::runtime::CHANNEL_CAPACITY;
+use crate::runtime::chain::run_chain;
+use crate::runtime::sink_task::run_sink;
+use crate::runtime::source_task::SourceTask;
+
+/// What a plan's source node reads.
+#[derive(Debug, Clone)]
+pub struct SourceBinding {
+    /// The validated connector declaration.
+    pub decl: SourceDecl,
+    /// The source's event time, if declared.
+    pub watermark: Option<WatermarkSpec>,
+}
+
+/// Where a pipeline's results go.
+pub struct SinkTarget {
+    /// The running sink.
+    pub sink: Box<dyn Sink>,
+}
+
+/// A pipeline's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineStatus {
+    /// Reading and writing.
+    Running,
+    /// Its bounded input ended and the sink committed.
+    Finished,
+    /// Stopped on request; the sink committed what it had.
+    Stopped,
+    /// Stopped by an error.
+    Failed(String),
+}
+
+/// A running continuous query.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Its name: the sink or view it feeds.
+    pub name: String,
+    /// The plan it runs.
+    pub plan: StreamPlan,
+    /// Live counters.
+    pub metrics: Arc<PipelineMetrics>,
+    /// Whether all its sources are bounded.
+    pub bounded: bool,
+    status: Arc<Mutex<PipelineStatus>>,
+    error: Arc<Mutex<Option<Error>>>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+struct Chain {
+    ops: Vec<Box<dyn Operator>>,
+    /// The chain (or source) feeding each input, in input order.
+    inputs: Vec<usize>,
+}
+
+enum Task {
+    Source(usize),
+    Chain(Chain),
+}
+
+impl Pipeline {
+    /// Builds every operator of `plan` (validating it) and starts the tasks.
+    ///
+    /// # Errors
+    /// When a source is unknown or an operator rejects its configuration.
+    pub fn start(
+        name: &str,
+        plan: StreamPlan,
+        sources: &HashMap<String, SourceBinding>,
+        target: SinkTarget,
+    ) -> Result<Self> {
+        let metrics = Arc::new(PipelineMetrics::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Group nodes into tasks: a node with one input whose producer feeds only it joins
+        // the producer's chain; sources, unions and fan-outs start new tasks.
+        let mut consumers = vec![0usize; plan.nodes.len()];
+        for node in &plan.nodes {
+            for e in &node.inputs {
+                consumers[e.from] += 1;
+            }
+        }
+        let mut tasks: Vec<Task> = Vec::new();
+        let mut task_of_node = vec![usize::MAX; plan.nodes.len()];
+        for node in &plan.nodes {
+            let input_schema = node
+                .inputs
+                .first()
+                .and_then(|e| plan.nodes.get(e.from))
+                .map(|n| Arc::clone(&n.schema));
+            let op: Option<Box<dyn Operator>> = match &node.op {
+                StreamOp::Source { .. } => None,
+                StreamOp::Filter { predicate } => Some(Box::new(FilterOperator::try_new(
+                    Arc::clone(predicate),
+                    &need(input_schema)?,
+                )?)),
+                StreamOp::Project { exprs } => Some(Box::new(ProjectOperator::try_new(
+                    exprs.clone(),
+                    &need(input_schema)?,
+                    Arc::clone(&node.schema),
+                )?)),
+                StreamOp::WindowAggregate(spec) => {
+                    let late = Arc::clone(&metrics.late_rows_dropped);
+                    let input = need(input_schema)?;
+                    if matches!(
+                        spec.kind,
+                        sluice_planner::window::WindowKind::Session { .. }
+                    ) {
+                        Some(Box::new(SessionWindowOperator::try_new(
+                            spec.clone(),
+                            &input,
+                            Arc::clone(&node.schema),
+                            late,
+                        )?))
+                    } else {
+                        Some(Box::new(WindowAggregateOperator::try_new(
+                            spec.clone(),
+                            &input,
+                            Arc::clone(&node.schema),
+                            late,
+                        )?))
+                    }
+                }
+                StreamOp::Union => Some(Box::new(UnionOperator::new(Arc::clone(&node.schema)))),
+            };
+            let Some(op) = op else {
+                task_of_node[node.id] = tasks.len();
+                tasks.push(Task::Source(node.id));
+                continue;
+            };
+            let single = node.inputs.len() == 1 && !matches!(node.op, StreamOp::Union);
+            let joinable = single
+                && node.inputs.first().is_some_and(|e| {
+                    consumers[e.from] == 1
+                        && matches!(tasks.get(task_of_node[e.from]), Some(Task::Chain(_)))
+                });
+            if joinable {
+                let t = task_of_node[node.inputs[0].from];
+                if let Some(Task::Chain(chain)) = tasks.get_mut(t) {
+                    chain.ops.push(op);
+                }
+                task_of_node[node.id] = t;
+            } else {
+                let inputs = node.inputs.iter().map(|e| task_of_node[e.from]).collect();
+                task_of_node[node.id] = tasks.len();
+                tasks.push(Task::Chain(Chain {
+                    ops: vec![op],
+                    inputs,
+                }));
+            }
+        }
+        // Wire channels: one per (producer task, consumer task input).
+        let mut senders: Vec<Vec<mpsc::Sender<Message>>> =
+            (0..tasks.len()).map(|_| Vec::new()).collect();
+        let mut receivers: Vec<Vec<mpsc::Receiver<Message>>> =
+            (0..tasks.len()).map(|_| Vec::new()).collect();
+        for (t, task) in tasks.iter().enumerate() {
+            if let Task::Chain(chain) = task {
+                for &producer in &chain.inputs {
+                    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                    senders[producer].push(tx);
+                    receivers[t].push(rx);
+                }
+            }
+        }
+        let root_task = task_of_node
+            .get(plan.root)
+            .copied()
+            .ok_or_else(|| Error::Internal("plan root missing".into()))?;
+        let (sink_tx, sink_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        senders[root_task].push(sink_tx);
+
+        let mut set = JoinSet::new();
+        let mut bounded = true;
+        for (t, task) in tasks.into_iter().enumerate() {
+            let outputs = std::mem::take(&mut senders[t]);
+            match task {
+                Task::Source(node_id) => {
+                    let Some(StreamOp::Source {
+                        name: source,
+                        projection,
+                    }) = plan.nodes.get(node_id).map(|n| &n.op)
+                    else {
+                        return Err(Error::Internal("source task without a source node".into()));
+                    };
+                    let binding = sources.get(source).ok_or_else(|| {
+                        Error::Internal(format!("source '{source}' is not bound"))
+                    })?;
+                    bounded &= binding.decl.config.is_bounded();
+                    let connector_metrics = Arc::new(ConnectorMetrics::default());
+                    if let Ok(mut m) = metrics.sources.lock() {
+                        m.push(Arc::clone(&connector_metrics));
+                    }
+                    let ctx = SourceContext {
+                        batch_size: binding.decl.batch_size,
+                        linger: binding.decl.linger,
+                        metrics: Arc::clone(&connector_metrics),
+                        bad_records: Arc::new(BadRecords::new(
+                            binding.decl.on_error.clone(),
+                            connector_metrics,
+                        )),
+                    };
+                    let task = SourceTask {
+                        decl: binding.decl.clone(),
+                        watermark: binding.watermark.clone(),
+                        projection: projection.clone(),
+                        ctx,
+                        outputs,
+                        stop: stop_rx.clone(),
+                        metrics: Arc::clone(&metrics),
+                    };
+                    set.spawn(task.run());
+                }
+                Task::Chain(chain) => {
+                    let inputs = std::mem::take(&mut receivers[t]);
+                    set.spawn(run_chain(chain.ops, inputs, outputs));
+                }
+            }
+        }
+        set.spawn(run_sink(target.sink, sink_rx, Arc::clone(&metrics)));
+
+        let status = Arc::new(Mutex::new(PipelineStatus::Running));
+        let (done_tx, done_rx) = watch::channel(false);
+        let driver_status = Arc::clone(&status);
+        let error = Arc::new(Mutex::new(None));
+        let driver_error = Arc::clone(&error);
+        let driver_stop = stop_tx.clone();
+        let pipeline_name = name.to_string();
+        tokio::spawn(async move {
+            let mut failure: Option<String> = None;
+            while let Some(joined) = set.join_next().await {
+                let err = match joined {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(e) if e.is_cancelled() => None,
+                    Err(e) => Some(Error::Internal(format!("a task panicked: {e}"))),
+                };
+                if let Some(e) = err {
+                    if failure.is_none() {
+                        tracing::error!(pipeline = %pipeline_name, error = %e, "pipeline failed");
+                        failure = Some(e.to_string());
+                        if let Ok(mut slot) = driver_error.lock() {
+                            *slot = Some(e);
+                        }
+                        let _ = driver_stop.send(true);
+                        set.abort_all();
+                    }
+                }
+            }
+            if let Ok(mut s) = driver_status.lock() {
+                *s = match failure {
+                    Some(e) => PipelineStatus::Failed(e),
+                    None if *driver_stop.borrow() => PipelineStatus::Stopped,
+                    None => PipelineStatus::Finished,
+                };
+            }
+            let _ = done_tx.send(true);
+        });
+        Ok(Self {
+            name: name.to_string(),
+            plan,
+            metrics,
+            bounded,
+            status,
+            error,
+            stop: stop_tx,
+            done: done_rx,
+        })
+    }
+
+    /// Asks the sources to stop; the sinks then commit what they have.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// The current status.
+    pub fn status(&self) -> PipelineStatus {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(PipelineStatus::Failed("status lock poisoned".into()))
+    }
+
+    /// Waits until the pipeline has finished, stopped or failed.
+    ///
+    /// # Errors
+    /// The pipeline's error, if it failed.
+    pub async fn wait(&self) -> Result<()> {
+        let mut done = self.done.clone();
+        while !*done.borrow() {
+            if done.changed().await.is_err() {
+                break;
+            }
+        }
+        match self.status() {
+            PipelineStatus::Failed(e) => {
+                let source = self
+                    .error
+                    .lock()
+                    .ok()
+                    .and_then(|mut slot| slot.take())
+                    .unwrap_or(Error::Internal(e));
+                Err(Error::Pipeline {
+                    pipeline: self.name.clone(),
+                    source: Box::new(source),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn need(
+    schema: Option<datafusion::arrow::datatypes::SchemaRef>,
+) -> Result<datafusion::arrow::datatypes::SchemaRef> {
+    schema.ok_or_else(|| Error::Internal("operator without an input".into()))
+}

@@ -1,0 +1,33 @@
+//! The sink task: writes the pipeline's result batches to a sink and finishes it (flush
+//! and commit) when the input ends or the pipeline is stopped cleanly.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sluice_connectors::Sink;
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+use crate::message::Message;
+use crate::metrics::PipelineMetrics;
+
+pub(crate) async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut input: mpsc::Receiver<Message>,
+    metrics: Arc<PipelineMetrics>,
+) -> Result<()> {
+    while let Some(msg) = input.recv().await {
+        match msg {
+            Message::Batch(batch) => {
+                metrics
+                    .rows_out
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                sink.write(batch).await?;
+            }
+            Message::Watermark(w) => metrics.watermark.store(w, Ordering::Relaxed),
+            Message::End => break,
+        }
+    }
+    sink.finish().await?;
+    Ok(())
+}

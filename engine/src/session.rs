@@ -1,0 +1,577 @@
+//! A session: executes the statements of the dialect against a catalog, starting a
+//! pipeline for every sink, materialized view and continuous query, and answering
+//! SHOW, DESCRIBE, EXPLAIN and queries over materialized views.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::sql::sqlparser::ast::Query;
+use sluice_connectors::{ConnectorMetrics, Options};
+use sluice_planner::catalog::{MaterializedViewEntry, SinkEntry, SourceEntry, ViewEntry};
+use sluice_planner::{
+    Catalog, ObjectKind, ParsedStatement, Planner, SinkInput, Statement, StreamPlan,
+};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::runtime::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
+use crate::view::{ChannelSink, ViewSink, ViewStore};
+
+/// What a statement produced.
+#[derive(Debug)]
+pub enum StatementOutput {
+    /// A statement that changed the catalog; the message says what it did.
+    Done(String),
+    /// Rows: SHOW, DESCRIBE, EXPLAIN, or a query over materialized views.
+    Rows {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
+    /// A continuous query's results, as they are produced.
+    Stream {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The result batches; the channel closes when the query ends.
+        rows: mpsc::Receiver<RecordBatch>,
+        /// The pipeline running it.
+        pipeline: String,
+    },
+}
+
+/// One engine session: a catalog and the pipelines started from it.
+#[derive(Debug, Default)]
+pub struct Session {
+    catalog: Catalog,
+    sources: HashMap<String, SourceBinding>,
+    pipelines: Vec<Pipeline>,
+    views: HashMap<String, Arc<ViewStore>>,
+    queries: usize,
+    settle: bool,
+}
+
+fn options_of(kind: &str, name: &str, options: &[(String, String)]) -> Result<(String, Options)> {
+    let connector = options
+        .iter()
+        .find(|(k, _)| k == "connector")
+        .map(|(_, v)| v.to_ascii_lowercase())
+        .ok_or_else(|| {
+            sluice_planner::Error::plan(format!("{kind} '{name}' needs WITH (connector = '...')"))
+        })?;
+    let rest = options.iter().filter(|(k, _)| k != "connector").cloned();
+    Ok((connector.clone(), Options::new(connector, rest)))
+}
+
+fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(*c, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = (0..columns.len())
+        .map(|i| {
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.get(i).cloned())
+                    .collect::<StringArray>(),
+            ) as ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
+    Ok((schema, vec![batch]))
+}
+
+impl Session {
+    /// An empty session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes queries over materialized views wait until every pipeline over bounded
+    /// sources has finished, so a script's answers do not depend on timing (`sluice run`,
+    /// sqllogictests).
+    pub fn settle_before_queries(&mut self, settle: bool) {
+        self.settle = settle;
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Every pipeline started so far.
+    pub fn pipelines(&self) -> &[Pipeline] {
+        &self.pipelines
+    }
+
+    /// Parses and runs a script, statement by statement.
+    ///
+    /// # Errors
+    /// The first failing statement's error, naming the statement and its line.
+    pub async fn execute_script(&mut self, sql: &str) -> Result<Vec<StatementOutput>> {
+        let statements = sluice_planner::parse_script(sql)?;
+        let mut out = Vec::with_capacity(statements.len());
+        for s in &statements {
+            out.push(self.execute(s).await?);
+        }
+        Ok(out)
+    }
+
+    /// Runs one parsed statement.
+    ///
+    /// # Errors
+    /// The statement's error, wrapped with where the statement stands.
+    pub async fn execute(&mut self, stmt: &ParsedStatement) -> Result<StatementOutput> {
+        self.execute_inner(stmt)
+            .await
+            .map_err(|e| Error::AtStatement {
+                at: stmt.locator(),
+                source: Box::new(e),
+            })
+    }
+
+    async fn execute_inner(&mut self, stmt: &ParsedStatement) -> Result<StatementOutput> {
+        match &stmt.statement {
+            Statement::CreateSource {
+                name,
+                columns,
+                watermark,
+                options,
+                if_not_exists,
+            } => {
+                if *if_not_exists && self.catalog.sources.contains_key(name) {
+                    return Ok(StatementOutput::Done(format!("source '{name}' exists")));
+                }
+                self.catalog.check_free(ObjectKind::Source, name)?;
+                let declared = if columns.is_empty() {
+                    None
+                } else {
+                    Some(sluice_planner::columns_schema(columns).await?)
+                };
+                let (connector, options) = options_of("source", name, options)?;
+                let decl = sluice_connectors::source_decl(&connector, options, declared).await?;
+                let schema = decl.schema();
+                let watermark = watermark
+                    .as_ref()
+                    .map(|w| sluice_planner::plan_watermark(&schema, w))
+                    .transpose()?;
+                self.catalog.sources.insert(
+                    name.clone(),
+                    SourceEntry {
+                        name: name.clone(),
+                        schema,
+                        watermark: watermark.clone(),
+                        connector,
+                        options: stmt_options(&stmt.statement),
+                        definition: stmt.sql.clone(),
+                    },
+                );
+                self.sources
+                    .insert(name.clone(), SourceBinding { decl, watermark });
+                Ok(StatementOutput::Done(format!("created source '{name}'")))
+            }
+            Statement::CreateSink {
+                name,
+                input,
+                options,
+            } => {
+                self.catalog.check_free(ObjectKind::Sink, name)?;
+                let query = match input {
+                    SinkInput::Query(q) => q.clone(),
+                    SinkInput::Relation(r) => select_all(&r.to_string())?,
+                };
+                let plan = Planner::new(&self.catalog).plan_query(&query).await?;
+                let (connector, options) = options_of("sink", name, options)?;
+                let config = sluice_connectors::sink_config(&connector, options)?;
+                let schema = plan.schema();
+                let sink = config
+                    .open(Arc::clone(&schema), Arc::new(ConnectorMetrics::default()))
+                    .await?;
+                self.start(name, plan, sink)?;
+                self.catalog.sinks.insert(
+                    name.clone(),
+                    SinkEntry {
+                        name: name.clone(),
+                        connector,
+                        schema,
+                        definition: stmt.sql.clone(),
+                    },
+                );
+                Ok(StatementOutput::Done(format!("created sink '{name}'")))
+            }
+            Statement::CreateView {
+                name,
+                query,
+                materialized: false,
+                or_replace,
+                ..
+            } => {
+                if *or_replace && self.catalog.view(name).is_some() {
+                    self.catalog.drop_object(ObjectKind::View, name, true)?;
+                }
+                self.catalog.check_free(ObjectKind::View, name)?;
+                let schema = Planner::new(&self.catalog).query_schema(query).await?;
+                self.catalog.views.push(ViewEntry {
+                    name: name.clone(),
+                    query: query.clone(),
+                    schema,
+                    definition: stmt.sql.clone(),
+                });
+                Ok(StatementOutput::Done(format!("created view '{name}'")))
+            }
+            Statement::CreateView {
+                name,
+                query,
+                materialized: true,
+                options,
+                ..
+            } => {
+                self.catalog
+                    .check_free(ObjectKind::MaterializedView, name)?;
+                if let Some((k, _)) = options.first() {
+                    return Err(sluice_planner::Error::plan(format!(
+                        "materialized view '{name}': unknown option '{k}'"
+                    ))
+                    .into());
+                }
+                let plan = Planner::new(&self.catalog).plan_query(query).await?;
+                let schema = plan.schema();
+                let store = Arc::new(ViewStore::new(Arc::clone(&schema)));
+                self.start(name, plan, Box::new(ViewSink::new(Arc::clone(&store))))?;
+                self.views.insert(name.clone(), store);
+                self.catalog.materialized_views.insert(
+                    name.clone(),
+                    MaterializedViewEntry {
+                        name: name.clone(),
+                        schema,
+                        definition: stmt.sql.clone(),
+                    },
+                );
+                Ok(StatementOutput::Done(format!(
+                    "created materialized view '{name}'"
+                )))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop_object(*kind, name, *if_exists),
+            Statement::Show(kind) => self.show(*kind),
+            Statement::Describe(name) => self.describe(name),
+            Statement::Explain(query) => {
+                let plan = Planner::new(&self.catalog).plan_query(query).await?;
+                let lines: Vec<Vec<String>> = plan
+                    .to_string()
+                    .lines()
+                    .map(|l| vec![l.to_string()])
+                    .collect();
+                let (schema, batches) = text_batch(&["plan"], lines)?;
+                Ok(StatementOutput::Rows { schema, batches })
+            }
+            Statement::Query(query) => self.query(query).await,
+        }
+    }
+
+    fn start(
+        &mut self,
+        name: &str,
+        plan: StreamPlan,
+        sink: Box<dyn sluice_connectors::Sink>,
+    ) -> Result<()> {
+        let pipeline = Pipeline::start(name, plan, &self.sources, SinkTarget { sink })?;
+        self.pipelines.push(pipeline);
+        Ok(())
+    }
+
+    /// A top-level query: continuous over streams, or answered now from materialized views.
+    async fn query(&mut self, query: &Query) -> Result<StatementOutput> {
+        let mut names = Vec::new();
+        let _ = datafusion::sql::sqlparser::ast::visit_relations(query, |r| {
+            names.push(r.to_string().to_ascii_lowercase());
+            ControlFlow::<()>::Continue(())
+        });
+        let kinds: Vec<Option<ObjectKind>> = names
+            .iter()
+            .map(|n| self.catalog.relation_kind(n))
+            .collect();
+        let reads_views = kinds.contains(&Some(ObjectKind::MaterializedView));
+        let reads_streams = kinds
+            .iter()
+            .any(|k| matches!(k, Some(ObjectKind::Source | ObjectKind::View)));
+        if reads_views && !reads_streams {
+            if self.settle {
+                self.wait_bounded().await?;
+            }
+            return self.ad_hoc(query).await;
+        }
+        let plan = Planner::new(&self.catalog).plan_query(query).await?;
+        let schema = plan.schema();
+        let (tx, rx) = mpsc::channel(crate::runtime::CHANNEL_CAPACITY);
+        self.queries += 1;
+        let name = format!("query-{}", self.queries);
+        self.start(&name, plan, Box::new(ChannelSink::new(tx)))?;
+        Ok(StatementOutput::Stream {
+            schema,
+            rows: rx,
+            pipeline: name,
+        })
+    }
+
+    /// Answers a query over materialized views from their current rows, with DataFusion.
+    async fn ad_hoc(&self, query: &Query) -> Result<StatementOutput> {
+        let ctx = Planner::new(&self.catalog).context().await?;
+        for (name, store) in &self.views {
+            ctx.deregister_table(name.as_str())?;
+            let table = MemTable::try_new(store.schema(), vec![store.snapshot()])?;
+            ctx.register_table(name.as_str(), Arc::new(table))?;
+        }
+        let df = ctx.sql(&query.to_string()).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(StatementOutput::Rows { schema, batches })
+    }
+
+    fn drop_object(
+        &mut self,
+        kind: ObjectKind,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<StatementOutput> {
+        if kind == ObjectKind::Source {
+            if let Some(user) = self
+                .pipelines
+                .iter()
+                .find(|p| p.status() == PipelineStatus::Running && p.plan.sources().contains(&name))
+            {
+                return Err(sluice_planner::Error::plan(format!(
+                    "source '{name}' is read by the running pipeline '{}'; drop that first",
+                    user.name
+                ))
+                .into());
+            }
+        }
+        let removed = self.catalog.drop_object(kind, name, if_exists)?;
+        if matches!(kind, ObjectKind::Sink | ObjectKind::MaterializedView) {
+            for p in self.pipelines.iter().filter(|p| p.name == name) {
+                p.stop();
+            }
+            self.pipelines
+                .retain(|p| p.name != name || p.status() == PipelineStatus::Running);
+            self.views.remove(name);
+        }
+        if kind == ObjectKind::Source {
+            self.sources.remove(name);
+        }
+        Ok(StatementOutput::Done(if removed {
+            format!("dropped {kind} '{name}'")
+        } else {
+            format!("{kind} '{name}' does not exist")
+        }))
+    }
+
+    fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().rev().find(|p| p.name == name)
+    }
+
+    fn status_text(&self, name: &str) -> String {
+        match self.pipeline(name).map(|p| p.status()) {
+            Some(PipelineStatus::Running) => "running".into(),
+            Some(PipelineStatus::Finished) => "finished".into(),
+            Some(PipelineStatus::Stopped) => "stopped".into(),
+            Some(PipelineStatus::Failed(e)) => format!("failed: {e}"),
+            None => "-".into(),
+        }
+    }
+
+    fn show(&self, kind: ObjectKind) -> Result<StatementOutput> {
+        let (schema, batches) = match kind {
+            ObjectKind::Source => text_batch(
+                &["name", "connector", "watermark"],
+                self.catalog
+                    .sources
+                    .values()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.connector.clone(),
+                            s.watermark
+                                .as_ref()
+                                .map(|w| w.display.clone())
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect(),
+            )?,
+            ObjectKind::Sink => text_batch(
+                &["name", "connector", "status", "rows_out"],
+                self.catalog
+                    .sinks
+                    .values()
+                    .map(|s| {
+                        let rows = self
+                            .pipeline(&s.name)
+                            .map(|p| p.metrics.snapshot().rows_out)
+                            .unwrap_or(0);
+                        vec![
+                            s.name.clone(),
+                            s.connector.clone(),
+                            self.status_text(&s.name),
+                            rows.to_string(),
+                        ]
+                    })
+                    .collect(),
+            )?,
+            ObjectKind::View => text_batch(
+                &["name"],
+                self.catalog
+                    .views
+                    .iter()
+                    .map(|v| vec![v.name.clone()])
+                    .collect(),
+            )?,
+            ObjectKind::MaterializedView => text_batch(
+                &["name", "status", "rows"],
+                self.catalog
+                    .materialized_views
+                    .values()
+                    .map(|m| {
+                        let rows = self.views.get(&m.name).map(|v| v.num_rows()).unwrap_or(0);
+                        vec![m.name.clone(), self.status_text(&m.name), rows.to_string()]
+                    })
+                    .collect(),
+            )?,
+        };
+        Ok(StatementOutput::Rows { schema, batches })
+    }
+
+    fn describe(&self, name: &str) -> Result<StatementOutput> {
+        let schema = if let Some(s) = self.catalog.sources.get(name) {
+            Arc::clone(&s.schema)
+        } else if let Some(v) = self.catalog.view(name) {
+            Arc::clone(&v.schema)
+        } else if let Some(m) = self.catalog.materialized_views.get(name) {
+            Arc::clone(&m.schema)
+        } else if let Some(s) = self.catalog.sinks.get(name) {
+            Arc::clone(&s.schema)
+        } else {
+            return Err(sluice_planner::Error::NotFound {
+                kind: "relation",
+                name: name.to_string(),
+            }
+            .into());
+        };
+        let wm = self
+            .catalog
+            .sources
+            .get(name)
+            .and_then(|s| s.watermark.clone());
+        let rows = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let is_wm = wm.as_ref().is_some_and(|w| &w.column == f.name());
+                vec![
+                    f.name().clone(),
+                    sql_type(f.data_type()),
+                    if f.is_nullable() { "YES" } else { "NO" }.to_string(),
+                    if is_wm {
+                        wm.as_ref().map(|w| w.display.clone()).unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                ]
+            })
+            .collect();
+        let (schema, batches) = text_batch(
+            &["column_name", "data_type", "is_nullable", "watermark"],
+            rows,
+        )?;
+        Ok(StatementOutput::Rows { schema, batches })
+    }
+
+    /// Waits for every pipeline over bounded sources to finish.
+    ///
+    /// # Errors
+    /// The first pipeline error.
+    pub async fn wait_bounded(&self) -> Result<()> {
+        for p in self.pipelines.iter().filter(|p| p.bounded) {
+            p.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every pipeline cleanly and waits for them.
+    ///
+    /// # Errors
+    /// The first pipeline error.
+    pub async fn shutdown(&self) -> Result<()> {
+        for p in &self.pipelines {
+            p.stop();
+        }
+        let mut first = None;
+        for p in &self.pipelines {
+            if let Err(e) = p.wait().await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Rows in the materialized view `name`, now.
+    pub fn view_rows(&self, name: &str) -> Option<Vec<RecordBatch>> {
+        self.views.get(name).map(|v| v.snapshot())
+    }
+
+    /// A one-column count batch, for statements that report a number.
+    pub fn count_batch(name: &str, n: u64) -> Result<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::UInt64, false)]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![Arc::new(UInt64Array::from(vec![n]))],
+        )?)
+    }
+}
+
+fn stmt_options(s: &Statement) -> Vec<(String, String)> {
+    match s {
+        Statement::CreateSource { options, .. } | Statement::CreateSink { options, .. } => {
+            options.clone()
+        }
+        _ => vec![],
+    }
+}
+
+fn select_all(relation: &str) -> Result<Box<Query>> {
+    match sluice_planner::parse_one(&format!("SELECT * FROM {relation}"))?.statement {
+        Statement::Query(q) => Ok(q),
+        _ => Err(Error::Internal("SELECT did not parse as a query".into())),
+    }
+}
+
+/// The SQL spelling of an Arrow type, for DESCRIBE.
+fn sql_type(dt: &DataType) -> String {
+    match dt {
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            format!("{dt}").to_uppercase()
+        }
+        DataType::Float32 => "REAL".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
+        DataType::Timestamp(_, Some(tz)) => format!("TIMESTAMP WITH TIME ZONE ({tz})"),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        other => other.to_string(),
+    }
+}

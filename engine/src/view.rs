@@ -1,0 +1,100 @@
+//! Materialized view state (in memory for now) and the sinks that feed it or a caller.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use sluice_connectors::Sink;
+use tokio::sync::mpsc;
+
+/// The rows of an append-only materialized view.
+#[derive(Debug)]
+pub struct ViewStore {
+    schema: SchemaRef,
+    batches: Mutex<Vec<RecordBatch>>,
+}
+
+impl ViewStore {
+    /// An empty view of `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            batches: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The view's schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// A snapshot of the current rows.
+    pub fn snapshot(&self) -> Vec<RecordBatch> {
+        self.batches.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Number of rows held.
+    pub fn num_rows(&self) -> usize {
+        self.batches
+            .lock()
+            .map(|b| b.iter().map(|b| b.num_rows()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Appends a pipeline's output to a [`ViewStore`].
+#[derive(Debug)]
+pub struct ViewSink {
+    store: Arc<ViewStore>,
+}
+
+impl ViewSink {
+    /// A sink into `store`.
+    pub fn new(store: Arc<ViewStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ViewSink {
+    async fn write(&mut self, batch: RecordBatch) -> sluice_connectors::Result<()> {
+        let mut batches = self
+            .store
+            .batches
+            .lock()
+            .map_err(|_| sluice_connectors::Error::Internal("view lock poisoned".into()))?;
+        batches.push(batch);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> sluice_connectors::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hands a pipeline's output to whoever runs the query (the CLI, a test).
+#[derive(Debug)]
+pub struct ChannelSink {
+    tx: mpsc::Sender<RecordBatch>,
+}
+
+impl ChannelSink {
+    /// A sink sending into `tx`.
+    pub fn new(tx: mpsc::Sender<RecordBatch>) -> Self {
+        Self { tx }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ChannelSink {
+    async fn write(&mut self, batch: RecordBatch) -> sluice_connectors::Result<()> {
+        self.tx
+            .send(batch)
+            .await
+            .map_err(|_| sluice_connectors::Error::Input("the query's reader went away".into()))
+    }
+
+    async fn finish(&mut self) -> sluice_connectors::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! The `sluice` binary: runs streaming SQL from a file (`sluice run`).
+
+mod progress;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: a streaming SQL engine in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the statements of a SQL file in a local engine.
+    ///
+    /// Sources, views and sinks are created in order; every sink, materialized view and
+    /// top-level SELECT starts a continuous pipeline. A top-level SELECT prints its rows as
+    /// they come. With bounded sources (files, generators with `rows`) the command exits 0
+    /// once every pipeline has finished and every sink has committed; unbounded pipelines
+    /// run until Ctrl-C, which stops them cleanly.
+    Run {
+        /// The SQL file to run.
+        file: PathBuf,
+        /// Storage root for the catalog and state (local folder or object_store URL).
+        #[arg(long, default_value = "./sluice-data")]
+        data_dir: String,
+        /// Never show the live progress line, even on a terminal.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                file,
+                data_dir,
+                quiet,
+            } => run::run(&file, &data_dir, quiet).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

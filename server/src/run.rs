@@ -1,0 +1,90 @@
+//! `sluice run FILE.sql`: executes a script in a local engine and prints what it produces.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use sluice_engine::{Session, StatementOutput};
+
+use crate::progress::Progress;
+
+pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()> {
+    let sql = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read SQL file '{}'", file.display()))?;
+    let statements = sluice_planner::parse_script(&sql)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut session = Session::new();
+    session.settle_before_queries(true);
+    let chatty = std::io::stderr().is_terminal() && !quiet;
+    let mut printers = Vec::new();
+    for stmt in &statements {
+        let output = session
+            .execute(stmt)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        match output {
+            StatementOutput::Done(message) => {
+                if chatty {
+                    eprintln!("{message}");
+                }
+            }
+            StatementOutput::Rows { batches, .. } => print_batches(&batches)?,
+            StatementOutput::Stream { mut rows, .. } => {
+                printers.push(tokio::spawn(async move {
+                    while let Some(batch) = rows.recv().await {
+                        if let Err(e) = print_batches(&[batch]) {
+                            tracing::warn!(error = %e, "cannot print results");
+                            break;
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    let progress = chatty.then(|| {
+        Progress::start(
+            session
+                .pipelines()
+                .iter()
+                .map(|p| p.metrics.clone())
+                .collect(),
+        )
+    });
+    let bounded = session.pipelines().iter().all(|p| p.bounded);
+    let outcome = if bounded {
+        session.wait_bounded().await
+    } else {
+        tokio::select! {
+            r = session.wait_bounded() => r,
+            _ = tokio::signal::ctrl_c() => {
+                if chatty {
+                    eprintln!("\nstopping...");
+                }
+                Ok(())
+            }
+        }
+    };
+    let stopped = session.shutdown().await;
+    for p in printers {
+        let _ = p.await;
+    }
+    if let Some(p) = progress {
+        p.finish();
+    }
+    outcome?;
+    stopped?;
+    Ok(())
+}
+
+fn print_batches(batches: &[RecordBatch]) -> anyhow::Result<()> {
+    if batches.iter().all(|b| b.num_rows() == 0) && !batches.is_empty() {
+        return Ok(());
+    }
+    let text = pretty_format_batches(batches)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
