@@ -50,9 +50,23 @@ impl Options {
     /// # Errors
     /// When the option is absent.
     pub fn require_string(&mut self, key: &str) -> Result<String> {
-        self.take_string(key).ok_or_else(|| {
-            Error::option(&self.connector, format!("missing required option '{key}'"))
-        })
+        match self.take_string(key) {
+            Some(v) => Ok(v),
+            None if self.values.is_empty() => Err(Error::option(
+                &self.connector,
+                format!("missing required option '{key}'"),
+            )),
+            None => {
+                let given: Vec<String> = self.values.keys().map(|k| format!("'{k}'")).collect();
+                Err(Error::option(
+                    &self.connector,
+                    format!(
+                        "missing required option '{key}' (other options given: {})",
+                        given.join(", ")
+                    ),
+                ))
+            }
+        }
     }
 
     /// Takes an unsigned integer option.

@@ -507,6 +507,17 @@ impl Session {
         Ok(())
     }
 
+    /// Waits until every pipeline has ended, however it ends.
+    ///
+    /// # Errors
+    /// The first pipeline error.
+    pub async fn wait_all(&self) -> Result<()> {
+        for p in &self.pipelines {
+            p.wait().await?;
+        }
+        Ok(())
+    }
+
     /// Stops every pipeline cleanly and waits for them.
     ///
     /// # Errors

@@ -218,15 +218,34 @@ impl<'a> Lowering<'a> {
             return Ok(Lowered { id, window: None });
         }
         if let Some(window) = provider.downcast_ref::<WindowTable>() {
-            let inner = self.lower(&window.inner)?;
-            let inner_schema = window.inner.schema();
-            let n = inner_schema.fields().len();
-            let time = Expr::Column(Column::from(
-                inner_schema.qualified_field(window.time_index),
-            ));
-            let time = cast(time, DataType::Timestamp(TimeUnit::Nanosecond, None));
+            let full_schema = window.inner.schema();
+            let n = full_schema.fields().len();
             let all: Vec<usize> = (0..n + 2).collect();
             let projection = scan.projection.clone().unwrap_or(all);
+            // Read only the inner columns the query uses, plus the time column, so that
+            // projection pushdown reaches the source.
+            let needed: std::collections::BTreeSet<usize> = projection
+                .iter()
+                .copied()
+                .filter(|&i| i < n)
+                .chain([window.time_index])
+                .collect();
+            let needed: Vec<usize> = needed.into_iter().collect();
+            let pruned = datafusion::logical_expr::LogicalPlanBuilder::from(window.inner.clone())
+                .project(
+                    needed
+                        .iter()
+                        .map(|&i| Expr::Column(Column::from(full_schema.qualified_field(i)))),
+                )?
+                .build()?;
+            let pruned = self.state.optimize(&pruned)?;
+            let inner = self.lower(&pruned)?;
+            let inner_schema = pruned.schema();
+            let position = |i: usize| needed.iter().position(|&j| j == i).unwrap_or(0);
+            let time = Expr::Column(Column::from(
+                inner_schema.qualified_field(position(window.time_index)),
+            ));
+            let time = cast(time, DataType::Timestamp(TimeUnit::Nanosecond, None));
             let mut exprs = Vec::with_capacity(projection.len());
             let mut cols = WindowColumns {
                 kind: window.kind,
@@ -235,7 +254,7 @@ impl<'a> Lowering<'a> {
             };
             for (out, &i) in projection.iter().enumerate() {
                 let e = if i < n {
-                    Expr::Column(Column::from(inner_schema.qualified_field(i)))
+                    Expr::Column(Column::from(inner_schema.qualified_field(position(i))))
                 } else {
                     if i == n {
                         cols.start = Some(out);

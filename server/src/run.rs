@@ -57,7 +57,7 @@ pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()
         session.wait_bounded().await
     } else {
         tokio::select! {
-            r = session.wait_bounded() => r,
+            r = session.wait_all() => r,
             _ = tokio::signal::ctrl_c() => {
                 if chatty {
                     eprintln!("\nstopping...");
