@@ -36,7 +36,7 @@ pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark"];
 pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console"];
 
 /// A source declaration after validation: the connector's config plus the options every
-/// source shares (`batch_size`, `linger`, `on_error`).
+/// source shares (`batch_size`, `linger`, `idle_timeout`, `on_error`).
 #[derive(Debug, Clone)]
 pub struct SourceDecl {
     /// The connector's own validated config.
@@ -45,6 +45,9 @@ pub struct SourceDecl {
     pub batch_size: usize,
     /// How long a source waits to fill a batch.
     pub linger: Duration,
+    /// After this long without rows, the source stops holding back the watermark of the
+    /// operators it feeds together with other inputs.
+    pub idle_timeout: Option<Duration>,
     /// What happens to bad records.
     pub on_error: OnError,
 }
@@ -80,6 +83,7 @@ pub async fn source_decl(
     let linger = options
         .take_duration("linger")?
         .unwrap_or(source::DEFAULT_LINGER);
+    let idle_timeout = options.take_duration("idle_timeout")?;
     let on_error = OnError::from_options(&mut options)?;
     let config: Arc<dyn SourceConfig> = match connector.to_ascii_lowercase().as_str() {
         "file" => Arc::new(file::FileSourceConfig::try_new(options, declared).await?),
@@ -99,6 +103,7 @@ pub async fn source_decl(
         config,
         batch_size,
         linger,
+        idle_timeout,
         on_error,
     })
 }

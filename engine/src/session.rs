@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, StringArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
@@ -538,15 +538,6 @@ impl Session {
     /// Rows in the materialized view `name`, now.
     pub fn view_rows(&self, name: &str) -> Option<Vec<RecordBatch>> {
         self.views.get(name).map(|v| v.snapshot())
-    }
-
-    /// A one-column count batch, for statements that report a number.
-    pub fn count_batch(name: &str, n: u64) -> Result<RecordBatch> {
-        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::UInt64, false)]));
-        Ok(RecordBatch::try_new(
-            schema,
-            vec![Arc::new(UInt64Array::from(vec![n]))],
-        )?)
     }
 }
 

@@ -18,7 +18,10 @@ pub struct WatermarkSpec {
     pub column: String,
     /// Its index in the source schema.
     pub column_index: usize,
-    /// Evaluates to each row's watermark candidate (a nanosecond timestamp).
+    /// The one-column schema `expr` reads: the event-time column as a nanosecond timestamp.
+    pub input: SchemaRef,
+    /// Over a one-column batch holding the largest event time of a source batch, evaluates
+    /// to the watermark candidate (a nanosecond timestamp).
     pub expr: Arc<dyn PhysicalExpr>,
     /// The clause as written.
     pub display: String,

@@ -231,22 +231,42 @@ pub fn plan_watermark(schema: &SchemaRef, clause: &WatermarkClause) -> Result<Wa
             field.data_type()
         )));
     }
+    // The expression is planned over the event-time column alone: the runtime evaluates it
+    // once per batch, on the batch's largest event time. That is exact for the expressions a
+    // watermark is made of (the column minus a delay), which never decrease as time grows.
     let ctx = SessionContext::new();
-    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let tz = match field.data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        _ => None,
+    };
+    let input = Arc::new(Schema::new(vec![Field::new(
+        field.name(),
+        DataType::Timestamp(TimeUnit::Nanosecond, tz),
+        true,
+    )]));
+    let df_schema = DFSchema::try_from(input.as_ref().clone())?;
     let state = ctx.state();
-    let logical = state.create_logical_expr_from_sql_expr(
-        datafusion::sql::sqlparser::ast::ExprWithAlias {
-            expr: clause.expr.clone(),
-            alias: None,
-        },
-        &df_schema,
-    )?;
+    let logical = state
+        .create_logical_expr_from_sql_expr(
+            datafusion::sql::sqlparser::ast::ExprWithAlias {
+                expr: clause.expr.clone(),
+                alias: None,
+            },
+            &df_schema,
+        )
+        .map_err(|e| {
+            Error::plan(format!(
+                "WATERMARK FOR '{column}': the expression may use only '{column}': {}",
+                Error::from(e)
+            ))
+        })?;
     let logical =
         datafusion::logical_expr::cast(logical, DataType::Timestamp(TimeUnit::Nanosecond, None));
     let expr = state.create_physical_expr(logical, &df_schema)?;
     Ok(WatermarkSpec {
         column: field.name().clone(),
         column_index,
+        input,
         expr,
         display: format!("{} AS {}", clause.column, clause.expr),
     })

@@ -282,3 +282,61 @@ impl Operator for SessionWindowOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use super::SessionWindowOperator;
+    use crate::operators::test_util::{Step, drive, window_spec};
+
+    #[tokio::test]
+    async fn a_row_that_bridges_two_sessions_merges_them() {
+        let (spec, input, output) =
+            window_spec("SELECT k, window_start, window_end, count(*), sum(v) FROM SESSION(t, ts, INTERVAL '5' SECOND) GROUP BY k, window_start, window_end").await;
+        let mut op =
+            SessionWindowOperator::try_new(spec, &input, output, Arc::new(AtomicU64::new(0)))
+                .unwrap();
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&["1,1,1", "1,10,8", "2,3,2"]),
+                Step::Watermark(5),
+                Step::Batch(&["1,100,4"]),
+                Step::Watermark(30),
+            ],
+        );
+        assert_eq!(out[1], Vec::<String>::new(), "no session has ended by 5");
+        // Key 1's rows at 1 and 8 are bridged by the row at 4 (4 < 1 + 5 and 8 < 4 + 5).
+        assert_eq!(
+            out[3],
+            vec!["1,1,13,3,111".to_string(), "2,2,7,1,3".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_closed_by_the_watermark_is_emitted_and_later_rows_start_anew() {
+        let (spec, input, output) =
+            window_spec("SELECT k, window_start, window_end, count(*) FROM SESSION(t, ts, INTERVAL '5' SECOND) GROUP BY k, window_start, window_end").await;
+        let late = Arc::new(AtomicU64::new(0));
+        let mut op =
+            SessionWindowOperator::try_new(spec, &input, output, Arc::clone(&late)).unwrap();
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&["1,1,1", "1,1,10"]),
+                Step::Watermark(7),
+                Step::Batch(&["1,1,6", "1,1,1"]),
+                Step::Watermark(30),
+            ],
+        );
+        // [1,6) ended at 6 <= 7 and is emitted once; the row at 6 (its own session would end
+        // at 11 > 7) is on time and joins 10 (10 < 6 + 5); the second row at 1 is late.
+        assert_eq!(out[1], vec!["1,1,6,1".to_string()]);
+        assert_eq!(out[3], vec!["1,6,15,2".to_string()]);
+        assert_eq!(late.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}

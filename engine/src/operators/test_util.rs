@@ -106,3 +106,95 @@ pub fn physical(expr: Expr, schema: &SchemaRef) -> Arc<dyn PhysicalExpr> {
         .create_physical_expr(expr, &df)
         .unwrap()
 }
+
+/// Plans `query` over a source `t (k BIGINT, v BIGINT, ts TIMESTAMP)` with event time `ts`
+/// and returns its windowed aggregate: the spec, its input schema and its output schema.
+pub async fn window_spec(
+    query: &str,
+) -> (sluice_planner::plan::WindowAggregate, SchemaRef, SchemaRef) {
+    use sluice_planner::{Catalog, Planner, SourceEntry, Statement};
+    let create = sluice_planner::parse_one("CREATE SOURCE t (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'x')").unwrap();
+    let Statement::CreateSource {
+        columns, watermark, ..
+    } = create.statement
+    else {
+        panic!("not a source")
+    };
+    let schema = sluice_planner::columns_schema(&columns).await.unwrap();
+    let watermark = Some(sluice_planner::plan_watermark(&schema, &watermark.unwrap()).unwrap());
+    let mut catalog = Catalog::default();
+    catalog.sources.insert(
+        "t".into(),
+        SourceEntry {
+            name: "t".into(),
+            schema,
+            watermark,
+            connector: "x".into(),
+            options: vec![],
+            definition: String::new(),
+        },
+    );
+    let Statement::Query(q) = sluice_planner::parse_one(query).unwrap().statement else {
+        panic!("not a query")
+    };
+    let plan = Planner::new(&catalog).plan_query(&q).await.unwrap();
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| matches!(n.op, sluice_planner::StreamOp::WindowAggregate(_)))
+        .unwrap();
+    let sluice_planner::StreamOp::WindowAggregate(spec) = &node.op else {
+        unreachable!()
+    };
+    let input = Arc::clone(&plan.nodes[node.inputs[0].from].schema);
+    (spec.clone(), input, Arc::clone(&node.schema))
+}
+
+/// Feeds `op` a script of steps: `Batch(rows)` in the `k:i64,v:i64,ts:ts` layout the planner
+/// gives the window input, or `Watermark(seconds)`; returns what each step emitted.
+pub fn drive(
+    op: &mut dyn crate::operator::Operator,
+    input: &SchemaRef,
+    steps: &[Step],
+) -> Vec<Vec<String>> {
+    use crate::operator::Output;
+    steps
+        .iter()
+        .map(|step| {
+            let mut out = Output::default();
+            match step {
+                Step::Batch(rows) => {
+                    let b = batch("k:i64,v:i64,ts:ts", rows);
+                    // The window input carries the event time in its window_start column.
+                    let cols: Vec<ArrayRef> = input
+                        .fields()
+                        .iter()
+                        .map(|f| match f.name().as_str() {
+                            "k" => Arc::clone(b.column(0)),
+                            "v" => Arc::clone(b.column(1)),
+                            _ => Arc::clone(b.column(2)),
+                        })
+                        .collect();
+                    op.process_batch(
+                        0,
+                        RecordBatch::try_new(Arc::clone(input), cols).unwrap(),
+                        &mut out,
+                    )
+                    .unwrap();
+                }
+                Step::Watermark(s) => op.process_watermark(s * 1_000_000_000, &mut out).unwrap(),
+            }
+            let mut rows = pretty(out.drain().collect());
+            rows.sort();
+            rows
+        })
+        .collect()
+}
+
+/// One step of [`drive`].
+pub enum Step {
+    /// Rows `k,v,ts_seconds`.
+    Batch(&'static [&'static str]),
+    /// A watermark, in seconds.
+    Watermark(i64),
+}

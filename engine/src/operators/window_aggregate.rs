@@ -383,3 +383,94 @@ pub(crate) fn window_batch(
     columns.extend(values);
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::WindowAggregateOperator;
+    use crate::operators::test_util::{Step, drive, window_spec};
+
+    const NONE: Vec<String> = Vec::new();
+
+    fn rows(r: &[&str]) -> Vec<String> {
+        r.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn tumble_emits_each_window_once_when_the_watermark_passes_its_end() {
+        let (spec, input, output) =
+            window_spec("SELECT k, window_start, window_end, count(*), sum(v) FROM TUMBLE(t, ts, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end").await;
+        let late = Arc::new(AtomicU64::new(0));
+        let mut op =
+            WindowAggregateOperator::try_new(spec, &input, output, Arc::clone(&late)).unwrap();
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&["1,5,1", "2,7,3", "1,1,12"]),
+                Step::Watermark(9),
+                Step::Batch(&["1,2,8"]),
+                Step::Watermark(10),
+                Step::Batch(&["1,100,9"]),
+                Step::Watermark(i64::MAX / 1_000_000_000),
+            ],
+        );
+        assert_eq!(out[0], NONE);
+        assert_eq!(
+            out[1], NONE,
+            "window [0,10) is open until the watermark reaches 10"
+        );
+        assert_eq!(out[2], NONE);
+        assert_eq!(out[3], rows(&["1,0,10,2,7", "2,0,10,1,7"]));
+        assert_eq!(out[4], NONE, "a row for an emitted window is late");
+        assert_eq!(out[5], rows(&["1,10,20,1,1"]));
+        assert_eq!(late.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn hop_merges_panes_into_every_window_a_row_belongs_to() {
+        let (spec, input, output) =
+            window_spec("SELECT window_start, window_end, count(*), sum(v) FROM HOP(t, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, window_end").await;
+        let late = Arc::new(AtomicU64::new(0));
+        let mut op =
+            WindowAggregateOperator::try_new(spec, &input, output, Arc::clone(&late)).unwrap();
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&["1,1,2", "1,10,7", "1,100,12"]),
+                Step::Watermark(10),
+                Step::Watermark(20),
+            ],
+        );
+        // Windows [-5,5) and [0,10) close at 10; [5,15) and [10,20) at 20.
+        assert_eq!(out[1], rows(&["-5,5,1,1", "0,10,2,11"]));
+        assert_eq!(out[2], rows(&["10,20,1,100", "5,15,2,110"]));
+        assert_eq!(late.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn hop_row_partly_late_joins_only_its_open_windows() {
+        let (spec, input, output) =
+            window_spec("SELECT window_start, count(*) FROM HOP(t, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY window_start").await;
+        let late = Arc::new(AtomicU64::new(0));
+        let mut op =
+            WindowAggregateOperator::try_new(spec, &input, output, Arc::clone(&late)).unwrap();
+        // At watermark 10, [0,10) is emitted; a row at 7 still belongs to the open [5,15).
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&["1,1,2"]),
+                Step::Watermark(10),
+                Step::Batch(&["1,1,7"]),
+                Step::Watermark(15),
+            ],
+        );
+        assert_eq!(out[1], rows(&["-5,1", "0,1"]));
+        assert_eq!(out[3], rows(&["5,1"]));
+        assert_eq!(late.load(Ordering::Relaxed), 0);
+    }
+}

@@ -4,16 +4,22 @@
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
+use std::time::Duration;
+
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::message::{Message, WATERMARK_MIN, Watermark};
 use crate::operator::{Operator, Output};
 
 /// Runs `ops` over the messages of `inputs` and sends the results to every output.
+/// `idle[i]` is the idle timeout of input i: after that long without a message the input
+/// stops holding back the aligned watermark, until it sends again.
 pub(crate) async fn run_chain(
     mut ops: Vec<Box<dyn Operator>>,
     inputs: Vec<mpsc::Receiver<Message>>,
+    idle: Vec<Option<Duration>>,
     outputs: Vec<mpsc::Sender<Message>>,
 ) -> Result<()> {
     let n = inputs.len();
@@ -26,9 +32,34 @@ pub(crate) async fn run_chain(
     let mut merged = futures::stream::select_all(streams);
     let mut input_wm = vec![WATERMARK_MIN; n];
     let mut ended = vec![false; n];
+    let mut last_seen = vec![Instant::now(); n];
     let mut current = WATERMARK_MIN;
     let mut produced = Vec::new();
-    while let Some((i, msg)) = merged.next().await {
+    let watch_idle = n > 1 && idle.iter().any(Option::is_some);
+    let mut tick = tokio::time::interval(
+        idle.iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(10))
+            / 2,
+    );
+    loop {
+        let next = if watch_idle {
+            tokio::select! {
+                next = merged.next() => next,
+                _ = tick.tick() => {
+                    let ignored = idle_inputs(&idle, &last_seen, &ended);
+                    current = advance(&mut ops, &input_wm, &ignored, current, &outputs, &mut produced).await?;
+                    continue;
+                }
+            }
+        } else {
+            merged.next().await
+        };
+        let Some((i, msg)) = next else { break };
+        last_seen[i] = Instant::now();
         match msg {
             Message::Batch(batch) => {
                 push_batch(&mut ops, 0, i, batch, &mut produced)?;
@@ -36,10 +67,11 @@ pub(crate) async fn run_chain(
             }
             Message::Watermark(w) => {
                 input_wm[i] = input_wm[i].max(w);
+                let ignored = idle_inputs(&idle, &last_seen, &ended);
                 current = advance(
                     &mut ops,
                     &input_wm,
-                    &ended,
+                    &ignored,
                     current,
                     &outputs,
                     &mut produced,
@@ -51,10 +83,11 @@ pub(crate) async fn run_chain(
                 if ended.iter().all(|e| *e) {
                     break;
                 }
+                let ignored = idle_inputs(&idle, &last_seen, &ended);
                 current = advance(
                     &mut ops,
                     &input_wm,
-                    &ended,
+                    &ignored,
                     current,
                     &outputs,
                     &mut produced,
@@ -68,6 +101,17 @@ pub(crate) async fn run_chain(
         let _ = tx.send(Message::End).await;
     }
     Ok(())
+}
+
+/// The inputs that do not hold back the watermark: ended ones, and idle ones.
+fn idle_inputs(idle: &[Option<Duration>], last_seen: &[Instant], ended: &[bool]) -> Vec<bool> {
+    let now = Instant::now();
+    ended
+        .iter()
+        .zip(last_seen)
+        .zip(idle)
+        .map(|((e, seen), timeout)| *e || timeout.is_some_and(|t| now.duration_since(*seen) >= t))
+        .collect()
 }
 
 /// Recomputes the aligned watermark and, if it moved, runs every operator's watermark hook.
@@ -146,4 +190,67 @@ async fn send_all(
 
 pub(crate) fn downstream_closed() -> Error {
     Error::Internal("a downstream task stopped early".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::union::UnionOperator;
+    use datafusion::arrow::datatypes::Schema;
+    use std::sync::Arc;
+
+    async fn next_watermark(rx: &mut mpsc::Receiver<Message>) -> Option<Watermark> {
+        while let Some(m) = rx.recv().await {
+            match m {
+                Message::Watermark(w) => return Some(w),
+                Message::End => return None,
+                Message::Batch(_) => {}
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn watermark_is_the_minimum_over_inputs() {
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (b_tx, b_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let union = Box::new(UnionOperator::new(Arc::new(Schema::empty())));
+        let task = tokio::spawn(run_chain(
+            vec![union],
+            vec![a_rx, b_rx],
+            vec![None, None],
+            vec![out_tx],
+        ));
+        a_tx.send(Message::Watermark(10)).await.unwrap();
+        b_tx.send(Message::Watermark(5)).await.unwrap();
+        assert_eq!(next_watermark(&mut out_rx).await, Some(5));
+        b_tx.send(Message::Watermark(20)).await.unwrap();
+        assert_eq!(next_watermark(&mut out_rx).await, Some(10));
+        a_tx.send(Message::End).await.unwrap();
+        // An ended input no longer holds the watermark back.
+        assert_eq!(next_watermark(&mut out_rx).await, Some(20));
+        b_tx.send(Message::End).await.unwrap();
+        assert_eq!(next_watermark(&mut out_rx).await, None);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_input_stops_holding_the_watermark_back() {
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (_b_tx, b_rx) = mpsc::channel::<Message>(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let union = Box::new(UnionOperator::new(Arc::new(Schema::empty())));
+        let idle = vec![None, Some(Duration::from_millis(50))];
+        let _task = tokio::spawn(run_chain(vec![union], vec![a_rx, b_rx], idle, vec![out_tx]));
+        a_tx.send(Message::Watermark(10)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), next_watermark(&mut out_rx))
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            Some(10),
+            "the silent input went idle and the watermark advanced"
+        );
+    }
 }

@@ -190,6 +190,19 @@ impl Pipeline {
         let (sink_tx, sink_rx) = mpsc::channel(CHANNEL_CAPACITY);
         senders[root_task].push(sink_tx);
 
+        // The idle timeout of each source task, for the chains that align several inputs.
+        let idle_timeouts: Vec<Option<std::time::Duration>> = tasks
+            .iter()
+            .map(|task| match task {
+                Task::Source(node) => match plan.nodes.get(*node).map(|n| &n.op) {
+                    Some(StreamOp::Source { name, .. }) => {
+                        sources.get(name).and_then(|b| b.decl.idle_timeout)
+                    }
+                    _ => None,
+                },
+                Task::Chain(_) => None,
+            })
+            .collect();
         let mut set = JoinSet::new();
         let mut bounded = true;
         for (t, task) in tasks.into_iter().enumerate() {
@@ -233,7 +246,12 @@ impl Pipeline {
                 }
                 Task::Chain(chain) => {
                     let inputs = std::mem::take(&mut receivers[t]);
-                    set.spawn(run_chain(chain.ops, inputs, outputs));
+                    let idle = chain
+                        .inputs
+                        .iter()
+                        .map(|&t| idle_timeouts.get(t).copied().flatten())
+                        .collect();
+                    set.spawn(run_chain(chain.ops, inputs, idle, outputs));
                 }
             }
         }
