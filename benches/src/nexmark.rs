@@ -24,6 +24,9 @@ struct Args {
     /// Run only the queries whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Runs of each query; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 struct Query {
@@ -114,8 +117,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         parquet_path.display()
     );
     println!(
-        "{bids} bids from {} Nexmark events; one core (current-thread runtime, 1 DataFusion partition)",
-        args.events
+        "{bids} bids from {} Nexmark events; one core (current-thread runtime, 1 DataFusion partition); median of {} runs",
+        args.events, args.repeat
     );
     println!(
         "{:<32} {:>14} {:>14} {:>8} {:>10}",
@@ -126,50 +129,58 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .as_ref()
             .is_none_or(|o| q.name.contains(o.as_str()))
     }) {
-        let mut session = Session::new();
-        session
-            .execute_script(if q.from_parquet {
-                &parquet_source
-            } else {
-                &nexmark
-            })
-            .await?;
-        let start = Instant::now();
-        let (out_rows, _) = run_stream(&mut session, q.sluice)
-            .await
-            .with_context(|| q.name)?;
-        let sluice = bids as f64 / start.elapsed().as_secs_f64();
+        let mut sluice_runs = Vec::new();
+        let mut datafusion_runs = Vec::new();
+        let mut out_rows = 0;
+        for _ in 0..args.repeat.max(1) {
+            let mut session = Session::new();
+            session
+                .execute_script(if q.from_parquet {
+                    &parquet_source
+                } else {
+                    &nexmark
+                })
+                .await?;
+            let start = Instant::now();
+            out_rows = run_stream(&mut session, q.sluice)
+                .await
+                .with_context(|| q.name)?
+                .0;
+            sluice_runs.push(bids as f64 / start.elapsed().as_secs_f64());
 
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let start = Instant::now();
-        if q.from_parquet {
-            ctx.register_parquet(
-                "bids",
-                parquet_path.to_string_lossy().as_ref(),
-                Default::default(),
-            )
-            .await?;
-        } else {
-            ctx.register_table(
-                "bids",
-                Arc::new(MemTable::try_new(rows[0].schema(), vec![rows.clone()])?),
-            )?;
+            let ctx =
+                SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+            let start = Instant::now();
+            if q.from_parquet {
+                ctx.register_parquet(
+                    "bids",
+                    parquet_path.to_string_lossy().as_ref(),
+                    Default::default(),
+                )
+                .await?;
+            } else {
+                ctx.register_table(
+                    "bids",
+                    Arc::new(MemTable::try_new(rows[0].schema(), vec![rows.clone()])?),
+                )?;
+            }
+            let batch_rows: usize = ctx
+                .sql(q.batch)
+                .await?
+                .collect()
+                .await?
+                .iter()
+                .map(|b| b.num_rows())
+                .sum();
+            datafusion_runs.push(bids as f64 / start.elapsed().as_secs_f64());
+            if batch_rows != out_rows {
+                bail!(
+                    "{}: Sluice emitted {out_rows} rows, DataFusion {batch_rows}",
+                    q.name
+                );
+            }
         }
-        let batch_rows: usize = ctx
-            .sql(q.batch)
-            .await?
-            .collect()
-            .await?
-            .iter()
-            .map(|b| b.num_rows())
-            .sum();
-        let datafusion = bids as f64 / start.elapsed().as_secs_f64();
-        if batch_rows != out_rows {
-            bail!(
-                "{}: Sluice emitted {out_rows} rows, DataFusion {batch_rows}",
-                q.name
-            );
-        }
+        let (sluice, datafusion) = (median(&mut sluice_runs), median(&mut datafusion_runs));
         println!(
             "{:<32} {:>14.0} {:>14.0} {:>7.2}x {:>10}",
             q.name,
@@ -180,6 +191,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn write_parquet(path: &std::path::Path, rows: &[RecordBatch]) -> anyhow::Result<()> {
