@@ -2,6 +2,7 @@
 //! tasks, event-time watermarks, and the [`Session`] that runs statements.
 #![warn(missing_docs)]
 
+pub mod catalog_store;
 pub mod error;
 pub mod message;
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod runtime;
 pub mod session;
 pub mod view;
 
+pub use catalog_store::CatalogStore;
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::{MetricsSnapshot, PipelineMetrics};
 pub use runtime::{Pipeline, PipelineStatus};

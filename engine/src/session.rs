@@ -18,6 +18,7 @@ use sluice_planner::{
 };
 use tokio::sync::mpsc;
 
+use crate::catalog_store::CatalogStore;
 use crate::error::{Error, Result};
 use crate::runtime::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
 use crate::view::{ChannelSink, ViewSink, ViewStore};
@@ -54,6 +55,9 @@ pub struct Session {
     views: HashMap<String, Arc<ViewStore>>,
     queries: usize,
     settle: bool,
+    /// CREATE statements of the live objects, in creation order: (kind, name, sql).
+    definitions: Vec<(ObjectKind, String, String)>,
+    store: Option<CatalogStore>,
 }
 
 fn options_of(kind: &str, name: &str, options: &[(String, String)]) -> Result<(String, Options)> {
@@ -129,12 +133,100 @@ impl Session {
     /// # Errors
     /// The statement's error, wrapped with where the statement stands.
     pub async fn execute(&mut self, stmt: &ParsedStatement) -> Result<StatementOutput> {
-        self.execute_inner(stmt)
-            .await
-            .map_err(|e| Error::AtStatement {
-                at: stmt.locator(),
-                source: Box::new(e),
-            })
+        let at = |e| Error::AtStatement {
+            at: stmt.locator(),
+            source: Box::new(e),
+        };
+        let out = self.execute_inner(stmt).await.map_err(at)?;
+        if self.record_definition(stmt) {
+            self.persist().await.map_err(at)?;
+        }
+        Ok(out)
+    }
+
+    /// Keeps the catalog to persist (CREATE statements of live objects) in step with a
+    /// statement that succeeded. Returns whether it changed.
+    fn record_definition(&mut self, stmt: &ParsedStatement) -> bool {
+        let (kind, name) = match &stmt.statement {
+            Statement::CreateSource { name, .. } => (ObjectKind::Source, name),
+            Statement::CreateSink { name, .. } => (ObjectKind::Sink, name),
+            Statement::CreateView {
+                name,
+                materialized: true,
+                ..
+            } => (ObjectKind::MaterializedView, name),
+            Statement::CreateView { name, .. } => (ObjectKind::View, name),
+            Statement::Drop { kind, name, .. } => {
+                let before = self.definitions.len();
+                self.definitions
+                    .retain(|(k, n, _)| !(k == kind && n == name));
+                return self.definitions.len() != before;
+            }
+            _ => return false,
+        };
+        if let Some(existing) = self
+            .definitions
+            .iter_mut()
+            .find(|(k, n, _)| *k == kind && n == name)
+        {
+            // IF NOT EXISTS keeps the first definition; OR REPLACE replaces it in place.
+            if matches!(
+                stmt.statement,
+                Statement::CreateView {
+                    or_replace: true,
+                    ..
+                }
+            ) {
+                existing.2 = stmt.sql.clone();
+                return true;
+            }
+            return false;
+        }
+        self.definitions
+            .push((kind, name.clone(), stmt.sql.clone()));
+        true
+    }
+
+    async fn persist(&self) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let script: Vec<String> = self
+            .definitions
+            .iter()
+            .map(|(_, _, sql)| format!("{};\n", sql.trim_end_matches(';')))
+            .collect();
+        store.save(&script.join("\n")).await
+    }
+
+    /// Keeps the catalog in `store` from now on, after restoring what it holds: every stored
+    /// statement is run again, so sources, views, sinks and materialized views (and their
+    /// pipelines) come back. Returns how many statements were restored; a statement that no
+    /// longer runs is logged and dropped from the catalog.
+    ///
+    /// # Errors
+    /// When the stored catalog cannot be read or parsed.
+    pub async fn restore_from(&mut self, store: CatalogStore) -> Result<usize> {
+        let script = store.load().await?;
+        self.store = Some(store);
+        let Some(script) = script else { return Ok(0) };
+        let statements = sluice_planner::parse_script(&script)?;
+        let mut restored = 0;
+        for stmt in &statements {
+            match self.execute(stmt).await {
+                Ok(_) => restored += 1,
+                Err(e) => {
+                    tracing::warn!(statement = %stmt.sql, error = %e, "cannot restore a catalog statement; dropping it")
+                }
+            }
+        }
+        self.persist().await?;
+        Ok(restored)
+    }
+
+    /// The latest pipeline named `name`.
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().rev().find(|p| p.name == name)
     }
 
     async fn execute_inner(&mut self, stmt: &ParsedStatement) -> Result<StatementOutput> {
@@ -374,10 +466,6 @@ impl Session {
         } else {
             format!("{kind} '{name}' does not exist")
         }))
-    }
-
-    fn pipeline(&self, name: &str) -> Option<&Pipeline> {
-        self.pipelines.iter().rev().find(|p| p.name == name)
     }
 
     fn status_text(&self, name: &str) -> String {

@@ -2,6 +2,7 @@
 
 mod progress;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,12 +29,28 @@ enum Command {
     Run {
         /// The SQL file to run.
         file: PathBuf,
-        /// Storage root for the catalog and state (local folder or object_store URL).
+        /// Storage root (local folder or object_store URL). `run` keeps no state there yet; checkpoints will.
         #[arg(long, default_value = "./sluice-data")]
         data_dir: String,
         /// Never show the live progress line, even on a terminal.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Run the long-lived server: gRPC (sluice.v1, health, reflection) and HTTP health.
+    ///
+    /// The catalog of sources, views, materialized views and sinks is kept under the data
+    /// dir; a restarted server restores it and restarts the pipelines. Ctrl-C or SIGTERM
+    /// stops the pipelines cleanly (sinks commit) and exits.
+    Serve {
+        /// gRPC address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// HTTP address (health now; metrics and the dashboard later).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+        /// Storage root: a local folder or an object_store URL (s3://bucket/prefix, file:///...).
+        #[arg(long, default_value = "./sluice-data")]
+        data_dir: String,
     },
 }
 
@@ -62,6 +79,11 @@ fn main() -> ExitCode {
                 data_dir,
                 quiet,
             } => run::run(&file, &data_dir, quiet).await,
+            Command::Serve {
+                listen,
+                http,
+                data_dir,
+            } => serve::serve(listen, http, &data_dir).await,
         }
     });
     match result {

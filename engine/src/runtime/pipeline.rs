@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use sluice_connectors::{BadRecords, ConnectorMetrics, Sink, SourceContext, SourceDecl};
 use sluice_planner::WatermarkSpec;
 use sluice_planner::plan::{StreamOp, StreamPlan};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
@@ -66,7 +66,11 @@ pub struct Pipeline {
     error: Arc<Mutex<Option<Error>>>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    tap: broadcast::Sender<datafusion::arrow::record_batch::RecordBatch>,
 }
+
+/// Result batches a slow subscriber may fall behind by before it misses some.
+const TAP_CAPACITY: usize = 256;
 
 struct Chain {
     ops: Vec<Box<dyn Operator>>,
@@ -255,7 +259,13 @@ impl Pipeline {
                 }
             }
         }
-        set.spawn(run_sink(target.sink, sink_rx, Arc::clone(&metrics)));
+        let (tap, _) = broadcast::channel(TAP_CAPACITY);
+        set.spawn(run_sink(
+            target.sink,
+            sink_rx,
+            Arc::clone(&metrics),
+            tap.clone(),
+        ));
 
         let status = Arc::new(Mutex::new(PipelineStatus::Running));
         let (done_tx, done_rx) = watch::channel(false);
@@ -303,7 +313,14 @@ impl Pipeline {
             error,
             stop: stop_tx,
             done: done_rx,
+            tap,
         })
+    }
+
+    /// The result batches written from now on. A subscriber that falls more than a few
+    /// hundred batches behind misses some and is told so by the receiver.
+    pub fn subscribe(&self) -> broadcast::Receiver<datafusion::arrow::record_batch::RecordBatch> {
+        self.tap.subscribe()
     }
 
     /// Asks the sources to stop; the sinks then commit what they have.

@@ -4,17 +4,20 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use sluice_connectors::Sink;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Result;
 use crate::message::Message;
 use crate::metrics::PipelineMetrics;
 
+/// `tap` gets every batch written, for subscribers; it is fine for nobody to listen.
 pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut input: mpsc::Receiver<Message>,
     metrics: Arc<PipelineMetrics>,
+    tap: broadcast::Sender<RecordBatch>,
 ) -> Result<()> {
     while let Some(msg) = input.recv().await {
         match msg {
@@ -22,6 +25,9 @@ pub(crate) async fn run_sink(
                 metrics
                     .rows_out
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                if tap.receiver_count() > 0 {
+                    let _ = tap.send(batch.clone());
+                }
                 sink.write(batch).await?;
             }
             Message::Watermark(w) => metrics.watermark.store(w, Ordering::Relaxed),

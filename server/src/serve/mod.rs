@@ -1,0 +1,119 @@
+//! `sluice serve`: the long-running server. gRPC (`sluice.v1`, health, reflection) on one
+//! port, HTTP health on another, the catalog kept under the data dir and restored at start.
+//! Ctrl-C or SIGTERM stops the pipelines cleanly and exits.
+
+mod ipc;
+mod service;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sluice_engine::{CatalogStore, Session};
+use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
+use tokio::sync::Mutex;
+
+pub async fn serve(listen: SocketAddr, http: SocketAddr, data_dir: &str) -> anyhow::Result<()> {
+    let mut session = Session::new();
+    let store = CatalogStore::open(data_dir).with_context(|| format!("data dir '{data_dir}'"))?;
+    let restored = session
+        .restore_from(store)
+        .await
+        .with_context(|| format!("restoring the catalog from '{data_dir}'"))?;
+    tracing::info!(restored, data_dir, "catalog restored");
+    let session = Arc::new(Mutex::new(session));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SluiceServiceServer<service::Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let http_listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("cannot listen on {http}"))?;
+    eprintln!("sluice serving gRPC on {listen}, HTTP on {http}, data in {data_dir}");
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(SluiceServiceServer::new(service::Service::new(Arc::clone(
+            &session,
+        ))))
+        .serve_with_incoming_shutdown(tokio_stream_of(grpc_listener), wait_for(stop_rx.clone()));
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok\n" }));
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(wait_for(stop_rx));
+
+    let servers = async {
+        tokio::try_join!(async { grpc.await.context("gRPC server") }, async {
+            http.await.context("HTTP server")
+        })
+    };
+    tokio::select! {
+        r = servers => { r?; }
+        _ = shutdown_signal() => {
+            tracing::info!("stopping");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let session = session.lock().await;
+    session.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Accepted connections of `listener`, as the stream tonic serves.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let conn = listener.accept().await.map(|(s, _)| s);
+        Some((conn, listener))
+    })
+}

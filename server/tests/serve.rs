@@ -1,0 +1,257 @@
+//! `sluice serve` end to end: a real server process on free loopback ports, driven with the
+//! generated tonic client: DDL, queries over a materialized view, pipelines, Subscribe, error
+//! status codes, and a SIGTERM followed by a restart on the same data dir.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::record_batch::RecordBatch;
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::sluice_service_client::SluiceServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    grpc: u16,
+    http: u16,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path) -> Self {
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child, grpc, http }
+    }
+
+    async fn client(&self) -> SluiceServiceClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match SluiceServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("server did not come up: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn decode(ipc: &[u8]) -> Vec<RecordBatch> {
+    StreamReader::try_new(ipc, None)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+async fn execute(
+    client: &mut SluiceServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<pb::StatementResult>, tonic::Status> {
+    client
+        .execute(pb::ExecuteRequest {
+            sql: sql.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner().results)
+}
+
+const SETUP: &str = "
+CREATE SOURCE readings (sensor BIGINT, reading BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+WITH (connector = 'generator', rows = 6000, seed = 5,
+      'fields.sensor.kind' = 'random', 'fields.sensor.start' = 1, 'fields.sensor.end' = 3,
+      'fields.ts.start' = '2024-01-01T00:00:00Z', 'fields.ts.interval_ms' = 10);
+CREATE MATERIALIZED VIEW per_sensor AS
+SELECT sensor, window_start, count(*) AS n, sum(reading) AS total
+FROM TUMBLE(readings, ts, INTERVAL '10' SECOND) GROUP BY sensor, window_start;
+";
+
+#[tokio::test]
+async fn serve_runs_statements_reports_errors_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+
+    let results = execute(&mut client, SETUP).await.unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results[1].message.contains("per_sensor"),
+        "{:?}",
+        results[1]
+    );
+
+    // The view's pipeline finishes (bounded source); its state answers ad-hoc queries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = client
+            .describe_pipeline(pb::PipelineRequest {
+                name: "per_sensor".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if p.status == pb::PipelineStatus::Finished as i32 {
+            assert_eq!(p.rows_in, 6000);
+            assert!(p.plan.contains("WindowAggregate"), "{}", p.plan);
+            break;
+        }
+        assert!(Instant::now() < deadline, "pipeline did not finish: {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = execute(
+        &mut client,
+        "SELECT sum(n) AS n, count(*) AS windows FROM per_sensor",
+    )
+    .await
+    .unwrap();
+    let batches = decode(&rows[0].arrow_ipc);
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| 6000 | 18      |"), "{text}");
+
+    // A bounded continuous query through Execute returns all its rows.
+    let q = execute(
+        &mut client,
+        "SELECT sensor FROM readings WHERE reading IS NOT NULL AND sensor = 2",
+    )
+    .await
+    .unwrap();
+    assert!(q[0].row_count > 1000, "{}", q[0].row_count);
+
+    // Subscribe to a query: batches arrive as Arrow IPC until the bounded query ends.
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::Query(
+                "SELECT sensor, ts FROM readings".into(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while let Some(msg) = stream.message().await.unwrap() {
+        received += decode(&msg.arrow_ipc)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>();
+    }
+    assert_eq!(received, 6000);
+
+    // Errors carry status codes and positions.
+    let e = execute(&mut client, "SELEC 1").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("Line: 1, Column"), "{}", e.message());
+    let e = execute(&mut client, "SELECT nope FROM readings")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nope"), "{}", e.message());
+    let e = execute(
+        &mut client,
+        "CREATE SOURCE readings (a BIGINT) WITH (connector = 'generator')",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message());
+    let e = execute(&mut client, "DROP SINK nothing").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = client
+        .describe_pipeline(pb::PipelineRequest {
+            name: "nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client
+        .stop_pipeline(pb::PipelineRequest {
+            name: "per_sensor".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // HTTP health.
+    let health = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{}/health", server.http)])
+        .output();
+    if let Ok(out) = health {
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    }
+
+    // SIGTERM stops cleanly; a restart on the same data dir has the same catalog and
+    // restarts the view's pipeline.
+    assert!(server.terminate().success());
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let shown = execute(&mut client, "SHOW SOURCES; SHOW MATERIALIZED VIEWS")
+        .await
+        .unwrap();
+    let sources =
+        datafusion::arrow::util::pretty::pretty_format_batches(&decode(&shown[0].arrow_ipc))
+            .unwrap()
+            .to_string();
+    assert!(sources.contains("readings"), "{sources}");
+    let views =
+        datafusion::arrow::util::pretty::pretty_format_batches(&decode(&shown[1].arrow_ipc))
+            .unwrap()
+            .to_string();
+    assert!(views.contains("per_sensor"), "{views}");
+    let listed = client
+        .list_pipelines(pb::ListPipelinesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.pipelines.iter().any(|p| p.name == "per_sensor"),
+        "{listed:?}"
+    );
+    assert!(server.terminate().success());
+}
