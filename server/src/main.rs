@@ -3,6 +3,7 @@
 mod progress;
 mod run;
 mod serve;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,22 @@ enum Command {
         #[arg(long, default_value = "./sluice-data")]
         data_dir: String,
     },
+    /// An interactive SQL shell on a running `sluice serve`, like psql.
+    ///
+    /// Statements end with ';'. Result tables are printed; a continuous query over unbounded
+    /// sources is followed live until Ctrl-C. `\d` lists sources, views, materialized views
+    /// and sinks, `\d NAME` describes one, `\q` quits. History is kept in ~/.sluice_history.
+    Sql {
+        /// The server's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        server: String,
+        /// Run these statements and exit.
+        #[arg(short = 'c', long = "command", conflicts_with = "file")]
+        command: Option<String>,
+        /// Run the statements of this file and exit.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +101,18 @@ fn main() -> ExitCode {
                 http,
                 data_dir,
             } => serve::serve(listen, http, &data_dir).await,
+            Command::Sql {
+                server,
+                command,
+                file,
+            } => {
+                shell::shell(shell::ShellArgs {
+                    server,
+                    command,
+                    file,
+                })
+                .await
+            }
         }
     });
     match result {

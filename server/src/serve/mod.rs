@@ -1,7 +1,10 @@
-//! `sluice serve`: the long-running server. gRPC (`sluice.v1`, health, reflection) on one
+//! `sluice serve`: the long-running server. gRPC (`sluice.v1`, Arrow Flight SQL, health,
+//! reflection) on one
 //! port, HTTP health on another, the catalog kept under the data dir and restored at start.
 //! Ctrl-C or SIGTERM stops the pipelines cleanly and exits.
 
+mod exec;
+mod flight_sql;
 mod ipc;
 mod service;
 mod status;
@@ -10,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arrow_flight::flight_service_server::FlightServiceServer;
 use sluice_engine::{CatalogStore, Session};
 use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
 use tokio::sync::Mutex;
@@ -55,6 +59,9 @@ pub async fn serve(listen: SocketAddr, http: SocketAddr, data_dir: &str) -> anyh
         .add_service(SluiceServiceServer::new(service::Service::new(Arc::clone(
             &session,
         ))))
+        .add_service(FlightServiceServer::new(flight_sql::FlightSql::try_new(
+            Arc::clone(&session),
+        )?))
         .serve_with_incoming_shutdown(tokio_stream_of(grpc_listener), wait_for(stop_rx.clone()));
     let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok\n" }));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(wait_for(stop_rx));

@@ -11,8 +11,8 @@ use sluice_proto::v1::sluice_service_server::SluiceService;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use super::ipc;
 use super::status::status;
+use super::{exec, ipc};
 
 /// The service over one shared session.
 #[derive(Clone)]
@@ -70,38 +70,16 @@ impl SluiceService for Service {
         let mut session = self.session.lock().await;
         let mut results = Vec::with_capacity(statements.len());
         for stmt in &statements {
-            let output = session.execute(stmt).await.map_err(|e| status(&e))?;
-            results.push(match output {
-                StatementOutput::Done(message) => pb::StatementResult { message, ..Default::default() },
-                StatementOutput::Rows { schema, batches } => pb::StatementResult {
+            results.push(match exec::collect(&mut session, stmt).await? {
+                exec::Collected::Message(message) => pb::StatementResult {
+                    message,
+                    ..Default::default()
+                },
+                exec::Collected::Rows(schema, batches) => pb::StatementResult {
                     message: String::new(),
                     row_count: batches.iter().map(|b| b.num_rows() as u64).sum(),
                     arrow_ipc: ipc::encode(&schema, &batches).map_err(internal)?,
                 },
-                StatementOutput::Stream { schema, mut rows, pipeline } => {
-                    let bounded = session.pipeline(&pipeline).is_some_and(|p| p.bounded);
-                    if !bounded {
-                        if let Some(p) = session.pipeline(&pipeline) {
-                            p.stop();
-                        }
-                        return Err(Status::failed_precondition(format!(
-                            "{}: a continuous query over unbounded sources never ends; use Subscribe to follow it",
-                            stmt.locator()
-                        )));
-                    }
-                    let mut batches = Vec::new();
-                    while let Some(b) = rows.recv().await {
-                        batches.push(b);
-                    }
-                    if let Some(p) = session.pipeline(&pipeline) {
-                        p.wait().await.map_err(|e| status(&e))?;
-                    }
-                    pb::StatementResult {
-                        message: String::new(),
-                        row_count: batches.iter().map(|b| b.num_rows() as u64).sum(),
-                        arrow_ipc: ipc::encode(&schema, &batches).map_err(internal)?,
-                    }
-                }
             });
         }
         Ok(Response::new(pb::ExecuteResponse { results }))
