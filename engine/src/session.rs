@@ -327,15 +327,12 @@ impl Session {
             } => {
                 self.catalog
                     .check_free(ObjectKind::MaterializedView, name)?;
-                if let Some((k, _)) = options.first() {
-                    return Err(sluice_planner::Error::plan(format!(
-                        "materialized view '{name}': unknown option '{k}'"
-                    ))
-                    .into());
-                }
+                let mut opts = Options::new("materialized view", options.iter().cloned());
+                let retention = opts.take_duration("retention")?;
+                opts.finish()?;
                 let plan = Planner::new(&self.catalog).plan_query(query).await?;
                 let schema = plan.schema();
-                let store = Arc::new(ViewStore::new(Arc::clone(&schema)));
+                let store = Arc::new(ViewStore::new(Arc::clone(&schema), retention));
                 self.start(name, plan, Box::new(ViewSink::new(Arc::clone(&store))))?;
                 self.views.insert(name.clone(), store);
                 self.catalog.materialized_views.insert(
@@ -368,6 +365,7 @@ impl Session {
                 Ok(StatementOutput::Rows { schema, batches })
             }
             Statement::Query(query) => self.query(query).await,
+            Statement::Copy => self.copy(&stmt.sql).await,
         }
     }
 
@@ -416,18 +414,51 @@ impl Session {
         })
     }
 
-    /// Answers a query over materialized views from their current rows, with DataFusion.
-    async fn ad_hoc(&self, query: &Query) -> Result<StatementOutput> {
+    /// A DataFusion context where every materialized view is a table of its current rows.
+    async fn ad_hoc_context(&self) -> Result<datafusion::execution::context::SessionContext> {
         let ctx = Planner::new(&self.catalog).context().await?;
         for (name, store) in &self.views {
             ctx.deregister_table(name.as_str())?;
             let table = MemTable::try_new(store.schema(), vec![store.snapshot()])?;
             ctx.register_table(name.as_str(), Arc::new(table))?;
         }
+        Ok(ctx)
+    }
+
+    /// Answers a query over materialized views from their current rows, with DataFusion.
+    async fn ad_hoc(&self, query: &Query) -> Result<StatementOutput> {
+        let ctx = self.ad_hoc_context().await?;
         let df = ctx.sql(&query.to_string()).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok(StatementOutput::Rows { schema, batches })
+    }
+
+    /// `COPY (query) TO 'url'`: DataFusion runs it over the current state of the
+    /// materialized views, writing to a local path or an object_store URL.
+    async fn copy(&self, sql: &str) -> Result<StatementOutput> {
+        if self.settle {
+            self.wait_bounded().await?;
+        }
+        let ctx = self.ad_hoc_context().await?;
+        let sql = copy_format_to_stored_as(sql);
+        if let Some(url) = copy_target(&sql).filter(|u| u.contains("://")) {
+            let location = sluice_connectors::store::resolve(&url, &[])?;
+            if let Ok(parsed) = url::Url::parse(&url) {
+                ctx.register_object_store(&parsed, location.store);
+            }
+        }
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let rows: u64 = batches
+            .iter()
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                    .map(|a| a.iter().flatten().sum::<u64>())
+            })
+            .sum();
+        Ok(StatementOutput::Done(format!("copied {rows} rows")))
     }
 
     fn drop_object(
@@ -664,4 +695,38 @@ fn sql_type(dt: &DataType) -> String {
         DataType::Date32 | DataType::Date64 => "DATE".into(),
         other => other.to_string(),
     }
+}
+
+/// DataFusion spells the format `STORED AS PARQUET`; the dialect also takes Postgres'
+/// trailing `(FORMAT parquet)`.
+fn copy_format_to_stored_as(sql: &str) -> String {
+    let trimmed = sql.trim().trim_end_matches(';').trim_end();
+    let Some(open) = trimmed.rfind('(') else {
+        return trimmed.to_string();
+    };
+    let tail = &trimmed[open + 1..];
+    let Some(inner) = tail.strip_suffix(')') else {
+        return trimmed.to_string();
+    };
+    let mut words = inner.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(k), Some(format), None) if k.eq_ignore_ascii_case("format") => {
+            format!(
+                "{} STORED AS {}",
+                trimmed[..open].trim_end(),
+                format.trim_matches('\'').to_ascii_uppercase()
+            )
+        }
+        _ => trimmed.to_string(),
+    }
+}
+
+/// The quoted target of `COPY ... TO 'target'`.
+fn copy_target(sql: &str) -> Option<String> {
+    let upper = sql.to_ascii_uppercase();
+    let to = upper.rfind(" TO ")?;
+    let rest = &sql[to + 4..];
+    let start = rest.find('\'')? + 1;
+    let end = rest[start..].find('\'')? + start;
+    Some(rest[start..end].to_string())
 }

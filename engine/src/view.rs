@@ -1,25 +1,38 @@
 //! Materialized view state (in memory for now) and the sinks that feed it or a caller.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use sluice_connectors::Sink;
 use tokio::sync::mpsc;
 
-/// The rows of an append-only materialized view.
+/// The rows of an append-only materialized view. With a retention, rows older than it (by
+/// when they were appended) are dropped.
 #[derive(Debug)]
 pub struct ViewStore {
     schema: SchemaRef,
-    batches: Mutex<Vec<RecordBatch>>,
+    retention: Option<Duration>,
+    batches: Mutex<VecDeque<(Instant, RecordBatch)>>,
 }
 
 impl ViewStore {
-    /// An empty view of `schema`.
-    pub fn new(schema: SchemaRef) -> Self {
+    /// An empty view of `schema`, keeping rows for `retention` if given.
+    pub fn new(schema: SchemaRef, retention: Option<Duration>) -> Self {
         Self {
             schema,
-            batches: Mutex::new(Vec::new()),
+            retention,
+            batches: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn expire(&self, batches: &mut VecDeque<(Instant, RecordBatch)>) {
+        if let Some(keep) = self.retention {
+            while batches.front().is_some_and(|(at, _)| at.elapsed() > keep) {
+                batches.pop_front();
+            }
         }
     }
 
@@ -30,14 +43,23 @@ impl ViewStore {
 
     /// A snapshot of the current rows.
     pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.batches.lock().map(|b| b.clone()).unwrap_or_default()
+        self.batches
+            .lock()
+            .map(|mut b| {
+                self.expire(&mut b);
+                b.iter().map(|(_, batch)| batch.clone()).collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Number of rows held.
     pub fn num_rows(&self) -> usize {
         self.batches
             .lock()
-            .map(|b| b.iter().map(|b| b.num_rows()).sum())
+            .map(|mut b| {
+                self.expire(&mut b);
+                b.iter().map(|(_, batch)| batch.num_rows()).sum()
+            })
             .unwrap_or(0)
     }
 }
@@ -63,7 +85,8 @@ impl Sink for ViewSink {
             .batches
             .lock()
             .map_err(|_| sluice_connectors::Error::Internal("view lock poisoned".into()))?;
-        batches.push(batch);
+        batches.push_back((Instant::now(), batch));
+        self.store.expire(&mut batches);
         Ok(())
     }
 

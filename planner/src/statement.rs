@@ -111,6 +111,9 @@ pub enum Statement {
     Explain(Box<Query>),
     /// A query: continuous over streams, or answered from a materialized view's state.
     Query(Box<Query>),
+    /// `COPY (query) TO 'url' [(FORMAT parquet) | STORED AS ...]`: a one-off export, run by
+    /// DataFusion over the current state; the statement's text is in [`ParsedStatement::sql`].
+    Copy,
 }
 
 /// A statement with where it stands in the script.
@@ -246,6 +249,7 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
         (Some("CREATE"), Some("VIEW" | "MATERIALIZED"), _)
         | (Some("CREATE"), Some("OR"), Some("REPLACE")) => parse_create_view(parser),
         (Some("DROP"), _, _) => parse_drop(parser),
+        (Some("COPY"), _, _) => skip_statement(parser).map(|()| Statement::Copy),
         (Some("SHOW"), _, _) => parse_show(parser),
         (Some("DESCRIBE" | "DESC"), _, _) => {
             parser.next_token();
@@ -271,6 +275,21 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement> {
                 )))
             }
         },
+    }
+}
+
+/// Consumes the tokens of one statement, up to a top-level `;` or the end.
+fn skip_statement(parser: &mut Parser) -> Result<()> {
+    let mut depth = 0i64;
+    loop {
+        match parser.peek_token().token {
+            Token::EOF => return Ok(()),
+            Token::SemiColon if depth == 0 => return Ok(()),
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        parser.next_token();
     }
 }
 
