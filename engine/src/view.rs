@@ -121,3 +121,31 @@ impl Sink for ChannelSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::test_util::batch;
+
+    #[tokio::test]
+    async fn retention_drops_rows_older_than_it() {
+        let rows = batch("a:i64", &["1", "2"]);
+        let short = Arc::new(ViewStore::new(
+            rows.schema(),
+            Some(Duration::from_millis(5)),
+        ));
+        let long = Arc::new(ViewStore::new(
+            rows.schema(),
+            Some(Duration::from_secs(3600)),
+        ));
+        ViewSink::new(Arc::clone(&short))
+            .write(rows.clone())
+            .await
+            .unwrap();
+        ViewSink::new(Arc::clone(&long)).write(rows).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(short.num_rows(), 0);
+        assert!(short.snapshot().is_empty());
+        assert_eq!(long.num_rows(), 2);
+    }
+}
