@@ -55,6 +55,11 @@ pub struct Session {
     views: HashMap<String, Arc<ViewStore>>,
     queries: usize,
     settle: bool,
+    /// Rows of materialized views saved at the last clean stop, until their CREATE is
+    /// replayed.
+    restored_views: HashMap<String, Vec<RecordBatch>>,
+    /// Materialized views whose rows were restored complete (no pipeline runs for them).
+    finished_views: std::collections::HashSet<String>,
     /// CREATE statements of the live objects, in creation order: (kind, name, sql).
     definitions: Vec<(ObjectKind, String, String)>,
     store: Option<CatalogStore>,
@@ -211,6 +216,26 @@ impl Session {
         self.store = Some(store);
         let Some(script) = script else { return Ok(0) };
         let statements = sluice_planner::parse_script(&script)?;
+        if let Some(store) = &self.store {
+            for stmt in &statements {
+                if let Statement::CreateView {
+                    name,
+                    materialized: true,
+                    ..
+                } = &stmt.statement
+                {
+                    match store.load_view(name).await {
+                        Ok(Some(rows)) => {
+                            self.restored_views.insert(name.clone(), rows);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(view = %name, error = %e, "cannot load a materialized view's rows; recomputing it")
+                        }
+                    }
+                }
+            }
+        }
         let mut restored = 0;
         for stmt in &statements {
             match self.execute(stmt).await {
@@ -333,7 +358,18 @@ impl Session {
                 let plan = Planner::new(&self.catalog).plan_query(query).await?;
                 let schema = plan.schema();
                 let store = Arc::new(ViewStore::new(Arc::clone(&schema), retention));
-                self.start(name, plan, Box::new(ViewSink::new(Arc::clone(&store))))?;
+                match self.restored_views.remove(name) {
+                    // The view's bounded input was fully consumed before a restart: its
+                    // rows come back as they were, without running the query again.
+                    Some(rows) if rows.first().is_none_or(|b| b.schema() == schema) => {
+                        let mut sink = ViewSink::new(Arc::clone(&store));
+                        for batch in rows {
+                            sluice_connectors::Sink::write(&mut sink, batch).await?;
+                        }
+                        self.finished_views.insert(name.clone());
+                    }
+                    _ => self.start(name, plan, Box::new(ViewSink::new(Arc::clone(&store))))?,
+                }
                 self.views.insert(name.clone(), store);
                 self.catalog.materialized_views.insert(
                     name.clone(),
@@ -505,6 +541,7 @@ impl Session {
             Some(PipelineStatus::Finished) => "finished".into(),
             Some(PipelineStatus::Stopped) => "stopped".into(),
             Some(PipelineStatus::Failed(e)) => format!("failed: {e}"),
+            None if self.finished_views.contains(name) => "finished (restored)".into(),
             None => "-".into(),
         }
     }
@@ -651,7 +688,33 @@ impl Session {
                 first.get_or_insert(e);
             }
         }
+        if let Err(e) = self.save_views().await {
+            first.get_or_insert(e);
+        }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Saves the rows of every materialized view whose bounded input was fully consumed, so a
+    /// restart brings them back without running the query again. Views still fed by a
+    /// running input are recomputed after a restart (until checkpoints record input positions).
+    async fn save_views(&self) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        for (name, view) in &self.views {
+            let complete = self.finished_views.contains(name)
+                || self
+                    .pipeline(name)
+                    .is_some_and(|p| p.bounded && p.status() == PipelineStatus::Finished);
+            if complete {
+                store
+                    .save_view(name, &view.schema(), &view.snapshot())
+                    .await?;
+            } else {
+                store.delete_view(name).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Rows in the materialized view `name`, now.

@@ -66,7 +66,10 @@ pub struct Pipeline {
     error: Arc<Mutex<Option<Error>>>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
-    tap: broadcast::Sender<datafusion::arrow::record_batch::RecordBatch>,
+    tap: broadcast::Sender<(
+        std::time::SystemTime,
+        datafusion::arrow::record_batch::RecordBatch,
+    )>,
 }
 
 /// Result batches a slow subscriber may fall behind by before it misses some.
@@ -319,7 +322,13 @@ impl Pipeline {
 
     /// The result batches written from now on. A subscriber that falls more than a few
     /// hundred batches behind misses some and is told so by the receiver.
-    pub fn subscribe(&self) -> broadcast::Receiver<datafusion::arrow::record_batch::RecordBatch> {
+    /// Each batch comes with the time the sink task wrote it.
+    pub fn subscribe(
+        &self,
+    ) -> broadcast::Receiver<(
+        std::time::SystemTime,
+        datafusion::arrow::record_batch::RecordBatch,
+    )> {
         self.tap.subscribe()
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use sluice_connectors::Sink;
@@ -17,7 +18,7 @@ pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut input: mpsc::Receiver<Message>,
     metrics: Arc<PipelineMetrics>,
-    tap: broadcast::Sender<RecordBatch>,
+    tap: broadcast::Sender<(SystemTime, RecordBatch)>,
 ) -> Result<()> {
     while let Some(msg) = input.recv().await {
         match msg {
@@ -26,7 +27,7 @@ pub(crate) async fn run_sink(
                     .rows_out
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 if tap.receiver_count() > 0 {
-                    let _ = tap.send(batch.clone());
+                    let _ = tap.send((SystemTime::now(), batch.clone()));
                 }
                 sink.write(batch).await?;
             }

@@ -146,11 +146,12 @@ impl SluiceService for Service {
                 let stream = futures::stream::unfold((rx, schema), |(mut rx, schema)| async move {
                     loop {
                         match rx.recv().await {
-                            Ok(batch) => {
+                            Ok((emitted, batch)) => {
                                 let item = ipc::encode(&schema, std::slice::from_ref(&batch))
                                     .map(|arrow_ipc| pb::SubscribeResponse {
                                         arrow_ipc,
                                         row_count: batch.num_rows() as u64,
+                                        emitted_at_unix_nanos: unix_nanos(emitted),
                                     })
                                     .map_err(internal);
                                 return Some((item, (rx, schema)));
@@ -195,6 +196,7 @@ impl SluiceService for Service {
                             .map(|arrow_ipc| pb::SubscribeResponse {
                                 arrow_ipc,
                                 row_count: batch.num_rows() as u64,
+                                emitted_at_unix_nanos: unix_nanos(std::time::SystemTime::now()),
                             })
                             .map_err(internal);
                         Some((item, (rows, schema)))
@@ -203,4 +205,10 @@ impl SluiceService for Service {
             }
         }
     }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
