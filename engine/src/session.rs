@@ -355,9 +355,17 @@ impl Session {
                 let mut opts = Options::new("materialized view", options.iter().cloned());
                 let retention = opts.take_duration("retention")?;
                 opts.finish()?;
-                let plan = Planner::new(&self.catalog).plan_query(query).await?;
+                let plan = Planner::new(&self.catalog).plan_view_query(query).await?;
                 let schema = plan.schema();
-                let store = Arc::new(ViewStore::new(Arc::clone(&schema), retention));
+                if plan.is_updating() && retention.is_some() {
+                    return Err(sluice_planner::Error::plan(format!(
+                        "materialized view '{name}': retention applies to append-only views; this one keeps the latest row per key"
+                    ))
+                    .into());
+                }
+                let store = Arc::new(
+                    ViewStore::new(Arc::clone(&schema), retention).replacing(plan.is_updating()),
+                );
                 match self.restored_views.remove(name) {
                     // The view's bounded input was fully consumed before a restart: its
                     // rows come back as they were, without running the query again.
@@ -391,7 +399,7 @@ impl Session {
             Statement::Show(kind) => self.show(*kind),
             Statement::Describe(name) => self.describe(name),
             Statement::Explain(query) => {
-                let plan = Planner::new(&self.catalog).plan_query(query).await?;
+                let plan = Planner::new(&self.catalog).plan_view_query(query).await?;
                 let lines: Vec<Vec<String>> = plan
                     .to_string()
                     .lines()

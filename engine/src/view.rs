@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 pub struct ViewStore {
     schema: SchemaRef,
     retention: Option<Duration>,
+    /// Each write is a full snapshot that replaces the rows (an updating query).
+    replace: bool,
     batches: Mutex<VecDeque<(Instant, RecordBatch)>>,
 }
 
@@ -24,8 +26,16 @@ impl ViewStore {
         Self {
             schema,
             retention,
+            replace: false,
             batches: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Makes every write replace the rows: for updating queries, whose output is a snapshot
+    /// of every group, so the view holds the latest row per key.
+    pub fn replacing(mut self, replace: bool) -> Self {
+        self.replace = replace;
+        self
     }
 
     fn expire(&self, batches: &mut VecDeque<(Instant, RecordBatch)>) {
@@ -85,6 +95,9 @@ impl Sink for ViewSink {
             .batches
             .lock()
             .map_err(|_| sluice_connectors::Error::Internal("view lock poisoned".into()))?;
+        if self.store.replace {
+            batches.clear();
+        }
         batches.push_back((Instant::now(), batch));
         self.store.expire(&mut batches);
         Ok(())

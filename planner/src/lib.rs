@@ -101,11 +101,26 @@ impl<'a> Planner<'a> {
     /// # Errors
     /// On unknown tables or columns, type errors, and constructs a stream cannot run.
     pub async fn plan_query(&self, query: &Query) -> Result<StreamPlan> {
+        self.plan(query, false).await
+    }
+
+    /// Plans a continuous query for a materialized view, where a `GROUP BY` without a
+    /// window is allowed: the view keeps the latest row per key.
+    ///
+    /// # Errors
+    /// As [`Planner::plan_query`].
+    pub async fn plan_view_query(&self, query: &Query) -> Result<StreamPlan> {
+        self.plan(query, true).await
+    }
+
+    async fn plan(&self, query: &Query, updating: bool) -> Result<StreamPlan> {
         let ctx = self.context().await?;
         let (plan, _) = logical_plan(&ctx, query, 1_000_000).await?;
         let state = ctx.state();
         let optimized = state.optimize(&plan)?;
-        let stream = lower::Lowering::new(&state).finish(&optimized)?;
+        let stream = lower::Lowering::new(&state)
+            .allow_updating(updating)
+            .finish(&optimized)?;
         self.check_event_time(&stream)?;
         Ok(stream)
     }

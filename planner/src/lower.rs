@@ -48,6 +48,9 @@ struct Lowered {
 pub(crate) struct Lowering<'a> {
     state: &'a SessionState,
     nodes: Vec<StreamNode>,
+    /// Whether a GROUP BY without a window may become an updating aggregate (for
+    /// materialized views, which keep the latest row per key).
+    updating: bool,
 }
 
 impl<'a> Lowering<'a> {
@@ -55,7 +58,13 @@ impl<'a> Lowering<'a> {
         Self {
             state,
             nodes: Vec::new(),
+            updating: false,
         }
+    }
+
+    pub(crate) fn allow_updating(mut self, allow: bool) -> Self {
+        self.updating = allow;
+        self
     }
 
     pub(crate) fn finish(mut self, plan: &LogicalPlan) -> Result<StreamPlan> {
@@ -285,9 +294,12 @@ impl<'a> Lowering<'a> {
         let input = self.lower(&agg.input)?;
         let in_schema = agg.input.schema();
         let Some(window) = input.window else {
-            return Err(Error::unsupported(
-                "GROUP BY without a window: it produces updates, not appends; group by window_start and window_end of TUMBLE, HOP, SESSION or CUMULATE",
-            ));
+            if !self.updating {
+                return Err(Error::unsupported(
+                    "GROUP BY without a window here: it produces updates, not appends; group by window_start and window_end of TUMBLE, HOP, SESSION or CUMULATE, or keep the latest row per key in a MATERIALIZED VIEW",
+                ));
+            }
+            return self.lower_updating(agg, input.id);
         };
         let mut keys = Vec::new();
         let mut group_columns = Vec::new();
@@ -351,6 +363,55 @@ impl<'a> Lowering<'a> {
             StreamOp::WindowAggregate(spec),
             vec![Edge {
                 from: input.id,
+                partitioning,
+            }],
+            &agg.schema,
+        );
+        Ok(Lowered { id, window: None })
+    }
+}
+
+impl Lowering<'_> {
+    fn lower_updating(
+        &mut self,
+        agg: &datafusion::logical_expr::Aggregate,
+        input: NodeId,
+    ) -> Result<Lowered> {
+        let in_schema = agg.input.schema();
+        let mut keys = Vec::with_capacity(agg.group_expr.len());
+        for e in &agg.group_expr {
+            if let Expr::GroupingSet(_) = e {
+                return Err(Error::unsupported("GROUPING SETS, CUBE and ROLLUP"));
+            }
+            keys.push(self.physical(e, in_schema)?);
+        }
+        let mut aggregates = Vec::with_capacity(agg.aggr_expr.len());
+        let mut filters = Vec::with_capacity(agg.aggr_expr.len());
+        for e in &agg.aggr_expr {
+            #[allow(deprecated)]
+            let (aggregate, filter, _order) = create_aggregate_expr_and_maybe_filter(
+                e,
+                in_schema,
+                in_schema.as_arrow(),
+                self.state.execution_props(),
+            )?;
+            aggregates.push(aggregate);
+            filters.push(filter);
+        }
+        let partitioning = if keys.is_empty() {
+            Partitioning::Forward
+        } else {
+            Partitioning::Hash(keys.clone())
+        };
+        let spec = crate::plan::UpdatingAggregate {
+            keys,
+            aggregates,
+            filters,
+        };
+        let id = self.push(
+            StreamOp::UpdatingAggregate(spec),
+            vec![Edge {
+                from: input,
                 partitioning,
             }],
             &agg.schema,

@@ -60,6 +60,19 @@ pub struct WindowAggregate {
     pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
 }
 
+/// A `GROUP BY` without a window: an updating aggregate. Each time input arrives it emits
+/// the current value of every group (a full snapshot), which a materialized view keeps as
+/// the latest row per key.
+#[derive(Debug, Clone)]
+pub struct UpdatingAggregate {
+    /// Group keys over the input, in output order.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Aggregate functions, after the keys in the output.
+    pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// `FILTER (WHERE ...)` of each aggregate.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+}
+
 /// What a node does.
 #[derive(Debug, Clone)]
 pub enum StreamOp {
@@ -82,6 +95,8 @@ pub enum StreamOp {
     },
     /// Windowed aggregation, emitting each window once when the watermark passes its end.
     WindowAggregate(WindowAggregate),
+    /// Aggregation without a window, emitting snapshots of every group.
+    UpdatingAggregate(UpdatingAggregate),
     /// Merges its inputs (`UNION ALL`).
     Union,
 }
@@ -89,7 +104,10 @@ pub enum StreamOp {
 impl StreamOp {
     /// Whether the operator keeps state between batches.
     pub fn is_stateful(&self) -> bool {
-        matches!(self, StreamOp::WindowAggregate(_))
+        matches!(
+            self,
+            StreamOp::WindowAggregate(_) | StreamOp::UpdatingAggregate(_)
+        )
     }
 }
 
@@ -124,6 +142,13 @@ impl StreamPlan {
             .get(self.root)
             .map(|n| Arc::clone(&n.schema))
             .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()))
+    }
+
+    /// Whether the plan produces updates (snapshots of groups) rather than appends.
+    pub fn is_updating(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.op, StreamOp::UpdatingAggregate(_)))
     }
 
     /// The names of the sources the plan reads.
@@ -179,6 +204,15 @@ impl StreamPlan {
                 )?;
             }
             StreamOp::Union => writeln!(f, "{pad}Union")?,
+            StreamOp::UpdatingAggregate(u) => {
+                let aggs: Vec<&str> = u.aggregates.iter().map(|a| a.name()).collect();
+                writeln!(
+                    f,
+                    "{pad}UpdatingAggregate: keys=[{}], aggregates=[{}], emit=snapshot per batch",
+                    exprs(&u.keys),
+                    aggs.join(", ")
+                )?;
+            }
         }
         for edge in &node.inputs {
             if let Partitioning::Hash(keys) = &edge.partitioning {

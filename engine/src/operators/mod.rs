@@ -5,6 +5,7 @@ pub mod groups;
 pub mod project;
 pub mod session_window;
 pub mod union;
+pub mod updating_aggregate;
 pub mod window_aggregate;
 
 #[cfg(test)]

@@ -149,6 +149,13 @@ impl Pipeline {
                     }
                 }
                 StreamOp::Union => Some(Box::new(UnionOperator::new(Arc::clone(&node.schema)))),
+                StreamOp::UpdatingAggregate(spec) => Some(Box::new(
+                    crate::operators::updating_aggregate::UpdatingAggregateOperator::try_new(
+                        spec.clone(),
+                        &need(input_schema)?,
+                        Arc::clone(&node.schema),
+                    )?,
+                )),
             };
             let Some(op) = op else {
                 task_of_node[node.id] = tasks.len();
