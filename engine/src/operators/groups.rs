@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -40,6 +40,59 @@ pub struct AggregateInputs {
 }
 
 impl AggregateSet {
+    /// The set for `functions` grouped by `keys` over `input`, checked against `output`: its
+    /// first `group_columns` columns are the group columns, then one per function.
+    ///
+    /// # Errors
+    /// When an expression has no type over `input`, or the output does not match.
+    pub fn try_new(
+        keys: &[Arc<dyn PhysicalExpr>],
+        functions: &[Arc<AggregateFunctionExpr>],
+        filters: &[Option<Arc<dyn PhysicalExpr>>],
+        group_columns: usize,
+        input: &SchemaRef,
+        output: &SchemaRef,
+    ) -> Result<Self> {
+        let key_fields = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Ok(Field::new(format!("key{i}"), k.data_type(input)?, true)))
+            .collect::<Result<Vec<_>>>()?;
+        if output.fields().len() != group_columns + functions.len() {
+            return Err(Error::Internal(
+                "aggregate output has the wrong number of columns".into(),
+            ));
+        }
+        for (a, f) in functions
+            .iter()
+            .zip(output.fields().iter().skip(group_columns))
+        {
+            if a.field().data_type() != f.data_type() {
+                return Err(Error::Internal(format!(
+                    "aggregate {} yields {}, schema says {}",
+                    a.name(),
+                    a.field().data_type(),
+                    f.data_type()
+                )));
+            }
+        }
+        let args = functions
+            .iter()
+            .map(|a| {
+                // ORDER BY expressions follow the arguments, as DataFusion's own aggregate does.
+                let mut exprs = a.expressions();
+                exprs.extend(a.order_bys().iter().map(|o| Arc::clone(&o.expr)));
+                exprs
+            })
+            .collect();
+        Ok(Self {
+            functions: functions.to_vec(),
+            args,
+            filters: filters.to_vec(),
+            key_schema: Arc::new(Schema::new(key_fields)),
+        })
+    }
+
     /// Evaluates keys, arguments and filters over a batch.
     ///
     /// # Errors

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use sluice_planner::plan::UpdatingAggregate;
 
@@ -32,32 +32,14 @@ impl UpdatingAggregateOperator {
     /// # Errors
     /// When the aggregates' types do not match `output`.
     pub fn try_new(spec: UpdatingAggregate, input: &SchemaRef, output: SchemaRef) -> Result<Self> {
-        let key_fields = spec
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Ok(Field::new(format!("key{i}"), k.data_type(input)?, true)))
-            .collect::<Result<Vec<_>>>()?;
-        if output.fields().len() != spec.keys.len() + spec.aggregates.len() {
-            return Err(Error::Internal(
-                "updating aggregate output has the wrong number of columns".into(),
-            ));
-        }
-        let args = spec
-            .aggregates
-            .iter()
-            .map(|a| {
-                let mut exprs = a.expressions();
-                exprs.extend(a.order_bys().iter().map(|o| Arc::clone(&o.expr)));
-                exprs
-            })
-            .collect();
-        let set = AggregateSet {
-            functions: spec.aggregates.clone(),
-            args,
-            filters: spec.filters.clone(),
-            key_schema: Arc::new(Schema::new(key_fields)),
-        };
+        let set = AggregateSet::try_new(
+            &spec.keys,
+            &spec.aggregates,
+            &spec.filters,
+            spec.keys.len(),
+            input,
+            &output,
+        )?;
         let state = Some(GroupedState::try_new(&set)?);
         Ok(Self {
             spec,

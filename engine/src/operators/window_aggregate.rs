@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::{Array, ArrayRef, TimestampNanosecondArray, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, sort_to_indices};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use sluice_planner::plan::{GroupColumn, WindowAggregate};
 use sluice_planner::window::WindowKind;
@@ -312,47 +312,14 @@ pub(crate) fn aggregate_set(
             )));
         }
     }
-    let key_fields = spec
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| Ok(Field::new(format!("key{i}"), k.data_type(input)?, true)))
-        .collect::<Result<Vec<_>>>()?;
-    let args = spec
-        .aggregates
-        .iter()
-        .map(|a| {
-            let mut exprs = a.expressions();
-            exprs.extend(a.order_bys().iter().map(|o| Arc::clone(&o.expr)));
-            exprs
-        })
-        .collect();
-    let n_groups = spec.group_columns.len();
-    if output.fields().len() != n_groups + spec.aggregates.len() {
-        return Err(Error::Internal(
-            "window aggregate output has the wrong number of columns".into(),
-        ));
-    }
-    for (a, f) in spec
-        .aggregates
-        .iter()
-        .zip(output.fields().iter().skip(n_groups))
-    {
-        if a.field().data_type() != f.data_type() {
-            return Err(Error::Internal(format!(
-                "aggregate {} yields {}, schema says {}",
-                a.name(),
-                a.field().data_type(),
-                f.data_type()
-            )));
-        }
-    }
-    Ok(AggregateSet {
-        functions: spec.aggregates.clone(),
-        args,
-        filters: spec.filters.clone(),
-        key_schema: Arc::new(Schema::new(key_fields)),
-    })
+    AggregateSet::try_new(
+        &spec.keys,
+        &spec.aggregates,
+        &spec.filters,
+        spec.group_columns.len(),
+        input,
+        output,
+    )
 }
 
 /// Assembles a window's output batch: the group columns in plan order, then the aggregates.
