@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -19,6 +20,7 @@ pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()
     session.settle_before_queries(true);
     let chatty = std::io::stderr().is_terminal() && !quiet;
     let mut printers = Vec::new();
+    let output_closed = Arc::new(tokio::sync::Notify::new());
     for stmt in &statements {
         let output = session
             .execute(stmt)
@@ -32,10 +34,12 @@ pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()
             }
             StatementOutput::Rows { batches, .. } => print_batches(&batches)?,
             StatementOutput::Stream { mut rows, .. } => {
+                let closed = Arc::clone(&output_closed);
                 printers.push(tokio::spawn(async move {
                     while let Some(batch) = rows.recv().await {
-                        if let Err(e) = print_batches(&[batch]) {
-                            tracing::warn!(error = %e, "cannot print results");
+                        if print_batches(&[batch]).is_err() {
+                            // The reader of our output went away (`| head`): stop quietly.
+                            closed.notify_one();
                             break;
                         }
                     }
@@ -54,10 +58,14 @@ pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()
     });
     let bounded = session.pipelines().iter().all(|p| p.bounded);
     let outcome = if bounded {
-        session.wait_bounded().await
+        tokio::select! {
+            r = session.wait_bounded() => r,
+            _ = output_closed.notified() => Ok(()),
+        }
     } else {
         tokio::select! {
             r = session.wait_all() => r,
+            _ = output_closed.notified() => Ok(()),
             _ = tokio::signal::ctrl_c() => {
                 if chatty {
                     eprintln!("\nstopping...");
