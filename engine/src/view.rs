@@ -124,10 +124,10 @@ impl ChannelSink {
 #[async_trait::async_trait]
 impl Sink for ChannelSink {
     async fn write(&mut self, batch: RecordBatch) -> sluice_connectors::Result<()> {
-        self.tx
-            .send(batch)
-            .await
-            .map_err(|_| sluice_connectors::Error::Input("the query's reader went away".into()))
+        // A reader that went away ends its interest, not the pipeline's health: whoever ran
+        // the query stops the pipeline (the CLI on a closed stdout, Subscribe on disconnect).
+        let _ = self.tx.send(batch).await;
+        Ok(())
     }
 
     async fn finish(&mut self) -> sluice_connectors::Result<()> {

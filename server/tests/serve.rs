@@ -185,6 +185,52 @@ async fn serve_runs_statements_reports_errors_and_survives_a_restart() {
     }
     assert_eq!(received, 6000);
 
+    // A subscriber that leaves an unbounded query stops its pipeline cleanly.
+    execute(
+        &mut client,
+        "CREATE SOURCE ticks (n BIGINT) WITH (connector = 'generator', rows_per_second = 1000)",
+    )
+    .await
+    .unwrap();
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::Query(
+                "SELECT n FROM ticks".into(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = client
+            .list_pipelines(pb::ListPipelinesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let ticks = listed
+            .pipelines
+            .iter()
+            .find(|p| p.plan.contains("ticks"))
+            .cloned()
+            .unwrap();
+        if ticks.status == pb::PipelineStatus::Stopped as i32 {
+            break;
+        }
+        assert!(
+            ticks.status == pb::PipelineStatus::Running as i32,
+            "{ticks:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline kept running after its subscriber left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    execute(&mut client, "DROP SOURCE ticks").await.unwrap();
+
     // Errors carry status codes and positions.
     let e = execute(&mut client, "SELEC 1").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

@@ -7,7 +7,7 @@ mod pipeline;
 mod sink_task;
 mod source_task;
 
-pub use pipeline::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
+pub use pipeline::{Pipeline, PipelineStatus, SinkTarget, SourceBinding, StopOnDrop};
 
 /// Messages a channel holds before its sender waits: the back-pressure window.
 pub const CHANNEL_CAPACITY: usize = 8;

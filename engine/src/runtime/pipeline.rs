@@ -51,6 +51,16 @@ pub enum PipelineStatus {
     Failed(String),
 }
 
+/// Stops its pipeline when dropped.
+#[derive(Debug)]
+pub struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
 /// A running continuous query.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -342,6 +352,12 @@ impl Pipeline {
     /// Asks the sources to stop; the sinks then commit what they have.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// A handle that stops the pipeline when dropped, for whoever consumes its results
+    /// (a subscriber that may disconnect).
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop(self.stop.clone())
     }
 
     /// The current status.

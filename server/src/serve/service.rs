@@ -176,8 +176,17 @@ impl SluiceService for Service {
                     ));
                 }
                 let output = session.execute(&stmt).await.map_err(|e| status(&e))?;
+                let mut guard = None;
                 let (schema, rows) = match output {
-                    StatementOutput::Stream { schema, rows, .. } => (schema, rows),
+                    StatementOutput::Stream {
+                        schema,
+                        rows,
+                        pipeline,
+                    } => {
+                        // The query runs for this subscriber only: stop it when they leave.
+                        guard = session.pipeline(&pipeline).map(|p| p.stop_on_drop());
+                        (schema, rows)
+                    }
                     StatementOutput::Rows { schema, batches } => {
                         let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
                         for b in batches {
@@ -189,8 +198,9 @@ impl SluiceService for Service {
                         return Err(Status::invalid_argument("Subscribe takes a query"));
                     }
                 };
-                let stream =
-                    futures::stream::unfold((rows, schema), |(mut rows, schema)| async move {
+                let stream = futures::stream::unfold(
+                    (rows, schema, guard),
+                    |(mut rows, schema, guard)| async move {
                         let batch = rows.recv().await?;
                         let item = ipc::encode(&schema, std::slice::from_ref(&batch))
                             .map(|arrow_ipc| pb::SubscribeResponse {
@@ -199,8 +209,9 @@ impl SluiceService for Service {
                                 emitted_at_unix_nanos: unix_nanos(std::time::SystemTime::now()),
                             })
                             .map_err(internal);
-                        Some((item, (rows, schema)))
-                    });
+                        Some((item, (rows, schema, guard)))
+                    },
+                );
                 Ok(Response::new(Box::pin(stream)))
             }
         }
