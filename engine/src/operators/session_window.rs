@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
 use crate::operators::groups::{AggregateInputs, AggregateSet};
-use crate::operators::window_aggregate::{aggregate_set, time_column, window_batch};
+use crate::operators::window_aggregate::{aggregate_set, time_column, windows_batch};
 
 /// The session window operator.
 #[derive(Debug)]
@@ -196,20 +196,20 @@ impl SessionWindowOperator {
             .collect();
         // Sessions have their own bounds, so each is assembled with the shared helper and
         // its window columns are then replaced by the per-session bounds.
-        let batch = window_batch(&self.schema, &self.spec.group_columns, keys, values, 0, 0)?;
-        let starts = TimestampNanosecondArray::from(bounds.iter().map(|b| b.0).collect::<Vec<_>>());
-        let ends = TimestampNanosecondArray::from(bounds.iter().map(|b| b.1).collect::<Vec<_>>());
-        let mut columns = batch.columns().to_vec();
-        for (i, g) in self.spec.group_columns.iter().enumerate() {
-            match g {
-                sluice_planner::plan::GroupColumn::WindowStart => {
-                    columns[i] = Arc::new(starts.clone())
-                }
-                sluice_planner::plan::GroupColumn::WindowEnd => columns[i] = Arc::new(ends.clone()),
-                sluice_planner::plan::GroupColumn::Key(_) => {}
-            }
-        }
-        out.emit(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        let starts: ArrayRef = Arc::new(TimestampNanosecondArray::from(
+            bounds.iter().map(|b| b.0).collect::<Vec<_>>(),
+        ));
+        let ends: ArrayRef = Arc::new(TimestampNanosecondArray::from(
+            bounds.iter().map(|b| b.1).collect::<Vec<_>>(),
+        ));
+        out.emit(windows_batch(
+            &self.schema,
+            &self.spec.group_columns,
+            keys,
+            values,
+            starts,
+            ends,
+        )?);
         Ok(())
     }
 }

@@ -322,7 +322,8 @@ pub(crate) fn aggregate_set(
     )
 }
 
-/// Assembles a window's output batch: the group columns in plan order, then the aggregates.
+/// Assembles the output batch of windows sharing one `[start, end)`: the group columns in
+/// plan order, then the aggregates.
 pub(crate) fn window_batch(
     schema: &SchemaRef,
     group_columns: &[GroupColumn],
@@ -336,6 +337,20 @@ pub(crate) fn window_batch(
         .map(|v| v.len())
         .or_else(|| keys.first().map(|k| k.len()))
         .unwrap_or(0);
+    let starts: ArrayRef = Arc::new(TimestampNanosecondArray::from_value(start, rows));
+    let ends: ArrayRef = Arc::new(TimestampNanosecondArray::from_value(end, rows));
+    windows_batch(schema, group_columns, keys, values, starts, ends)
+}
+
+/// Assembles an output batch whose rows each carry their own window bounds (sessions).
+pub(crate) fn windows_batch(
+    schema: &SchemaRef,
+    group_columns: &[GroupColumn],
+    keys: Vec<ArrayRef>,
+    values: Vec<ArrayRef>,
+    starts: ArrayRef,
+    ends: ArrayRef,
+) -> Result<RecordBatch> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for g in group_columns {
         columns.push(match g {
@@ -343,8 +358,8 @@ pub(crate) fn window_batch(
                 keys.get(*i)
                     .ok_or_else(|| Error::Internal("missing key column".into()))?,
             ),
-            GroupColumn::WindowStart => Arc::new(TimestampNanosecondArray::from_value(start, rows)),
-            GroupColumn::WindowEnd => Arc::new(TimestampNanosecondArray::from_value(end, rows)),
+            GroupColumn::WindowStart => Arc::clone(&starts),
+            GroupColumn::WindowEnd => Arc::clone(&ends),
         });
     }
     columns.extend(values);

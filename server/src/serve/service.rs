@@ -53,6 +53,12 @@ fn pipeline_info(p: &Pipeline) -> pb::Pipeline {
     }
 }
 
+fn find<'a>(session: &'a Session, name: &str) -> Result<&'a Pipeline, Status> {
+    session
+        .pipeline(name)
+        .ok_or_else(|| Status::not_found(format!("pipeline '{name}' does not exist")))
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -100,9 +106,7 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::Pipeline>, Status> {
         let name = request.into_inner().name;
         let session = self.session.lock().await;
-        let p = session
-            .pipeline(&name)
-            .ok_or_else(|| Status::not_found(format!("pipeline '{name}' does not exist")))?;
+        let p = find(&session, &name)?;
         Ok(Response::new(pipeline_info(p)))
     }
 
@@ -112,9 +116,7 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::Pipeline>, Status> {
         let name = request.into_inner().name;
         let session = self.session.lock().await;
-        let p = session
-            .pipeline(&name)
-            .ok_or_else(|| Status::not_found(format!("pipeline '{name}' does not exist")))?;
+        let p = find(&session, &name)?;
         if p.status() != PipelineStatus::Running {
             return Err(Status::failed_precondition(format!(
                 "pipeline '{name}' is not running"
