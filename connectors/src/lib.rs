@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod bad_records;
+pub mod commit;
 pub mod console;
 pub mod error;
 pub mod file;
@@ -27,7 +28,7 @@ pub use bad_records::{BadRecords, OnError};
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::ConnectorMetrics;
 pub use options::Options;
-pub use sink::{Sink, SinkConfig};
+pub use sink::{Precommit, Sink, SinkConfig, SinkContext};
 pub use source::{Source, SourceConfig, SourceContext};
 
 /// The source connectors this build knows.

@@ -23,6 +23,36 @@ pub trait Sink: Send {
     /// # Errors
     /// When the destination fails.
     async fn finish(&mut self) -> Result<()>;
+
+    /// First phase of a checkpoint's two-phase commit: everything written before the
+    /// checkpoint's barrier is made durable but not visible, and described in the returned
+    /// [`Precommit`]. Once the checkpoint is complete, [`SinkConfig::commit`] makes it
+    /// visible. A sink that cannot stage its output (at-least-once) returns nothing.
+    ///
+    /// # Errors
+    /// When the destination fails.
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Precommit> {
+        Ok(Precommit::default())
+    }
+}
+
+/// What a sink hands a checkpoint.
+#[derive(Debug, Default, Clone)]
+pub struct Precommit {
+    /// The staged output to make visible when the checkpoint is complete.
+    pub pending: Option<serde_json::Value>,
+    /// State to restore the sink with (rows of an engine-owned view).
+    pub state: Vec<RecordBatch>,
+}
+
+/// What a running sink gets from the engine.
+#[derive(Debug, Clone, Default)]
+pub struct SinkContext {
+    /// Counters the engine reports.
+    pub metrics: Arc<ConnectorMetrics>,
+    /// Whether checkpoints commit the output: files are staged until
+    /// [`SinkConfig::commit`] instead of becoming visible as soon as they are complete.
+    pub two_phase: bool,
 }
 
 /// A validated sink declaration.
@@ -37,9 +67,25 @@ pub trait SinkConfig: Send + Sync + Debug {
     ///
     /// # Errors
     /// When the destination cannot be opened, or the schema cannot be written there.
-    async fn open(
-        &self,
-        schema: SchemaRef,
-        metrics: Arc<ConnectorMetrics>,
-    ) -> Result<Box<dyn Sink>>;
+    async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>>;
+
+    /// Second phase of a checkpoint's two-phase commit: makes the output a
+    /// [`Sink::pre_commit`] staged for `checkpoint` visible. Idempotent: recovery calls it
+    /// again for the last complete checkpoint, whose commit may or may not have happened.
+    ///
+    /// # Errors
+    /// When the destination fails, or staged output is missing.
+    async fn commit(&self, _checkpoint: u64, _pending: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before a pipeline starts from checkpoint `restored` (or from nothing): removes
+    /// staged output no complete checkpoint covers, and output committed by checkpoints
+    /// after `restored`, which the restarted pipeline will write again.
+    ///
+    /// # Errors
+    /// When the destination cannot be listed or cleaned.
+    async fn recover(&self, _restored: Option<u64>) -> Result<()> {
+        Ok(())
+    }
 }

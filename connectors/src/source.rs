@@ -31,6 +31,9 @@ pub struct SourceContext {
     pub metrics: Arc<ConnectorMetrics>,
     /// Where bad records go.
     pub bad_records: Arc<BadRecords>,
+    /// A position from [`Source::position`] saved by a checkpoint: the source resumes right
+    /// after it instead of from the beginning.
+    pub resume: Option<serde_json::Value>,
 }
 
 /// A running source: a stream of batches in the config's schema.
@@ -41,6 +44,13 @@ pub trait Source: Send {
     /// # Errors
     /// When the input fails, or a record is bad and `on_error = 'fail'`.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+
+    /// Where the source stands right after the last batch it returned, for a checkpoint.
+    /// Given back as [`SourceContext::resume`], it makes the source continue with the row
+    /// after that batch. `None` means the source cannot resume and starts over.
+    fn position(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A validated source declaration.

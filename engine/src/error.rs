@@ -35,6 +35,12 @@ pub enum Error {
         /// The statement's error.
         source: Box<Error>,
     },
+    /// A checkpoint could not be written or read back.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Saved state does not fit what is running now (the query changed since it was saved).
+    #[error("{0}")]
+    IncompatibleState(String),
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +74,8 @@ impl Error {
                 | DataFusionError::SchemaError(..)
                 | DataFusionError::SQL(..),
             ) => ErrorKind::User,
+            Error::Checkpoint(_) => ErrorKind::External,
+            Error::IncompatibleState(_) => ErrorKind::User,
             Error::Arrow(_) | Error::DataFusion(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod catalog_store;
+pub mod checkpoint;
 pub mod error;
 pub mod message;
 pub mod metrics;

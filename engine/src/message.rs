@@ -1,4 +1,5 @@
-//! What flows along the edges of a running pipeline: batches, watermarks, and the end.
+//! What flows along the edges of a running pipeline: batches, watermarks, checkpoint
+//! barriers, and the end.
 
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -17,6 +18,19 @@ pub enum Message {
     Batch(RecordBatch),
     /// No row with event time at or before this will follow (late rows aside).
     Watermark(Watermark),
+    /// Checkpoint barrier: everything before it belongs to the checkpoint, everything after
+    /// to the next. An operator snapshots its state once the barrier came on every input.
+    Barrier(Barrier),
     /// The upstream finished; nothing follows.
     End,
+}
+
+/// A checkpoint barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    /// The checkpoint's number, increasing.
+    pub id: u64,
+    /// The last checkpoint of the pipeline (its input ended or it was stopped): the end of
+    /// the stream follows.
+    pub last: bool,
 }

@@ -45,4 +45,26 @@ pub trait Operator: Send {
     fn process_watermark(&mut self, _watermark: Watermark, _out: &mut Output) -> Result<()> {
         Ok(())
     }
+
+    /// The operator's state for a checkpoint, as one batch in a schema of its choosing, or
+    /// `None` when it holds none. Called when a barrier has arrived on every input; the
+    /// runtime writes the batch asynchronously, so it must not share mutable state with the
+    /// operator.
+    ///
+    /// # Errors
+    /// When the state cannot be encoded.
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+
+    /// Loads state from [`Operator::snapshot`] before the first batch after a restart.
+    ///
+    /// # Errors
+    /// When the batch is not this operator's state.
+    fn restore(&mut self, _state: RecordBatch) -> Result<()> {
+        Err(crate::error::Error::Internal(format!(
+            "operator '{}' keeps no state but a checkpoint holds some for it",
+            self.name()
+        )))
+    }
 }

@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::sql::sqlparser::ast::Query;
-use sluice_connectors::{ConnectorMetrics, Options};
+use sluice_connectors::{ConnectorMetrics, Options, SinkContext};
 use sluice_planner::catalog::{MaterializedViewEntry, SinkEntry, SourceEntry, ViewEntry};
 use sluice_planner::{
     Catalog, ObjectKind, ParsedStatement, Planner, SinkInput, Statement, StreamPlan,
@@ -19,7 +19,9 @@ use sluice_planner::{
 use tokio::sync::mpsc;
 
 use crate::catalog_store::CatalogStore;
+use crate::checkpoint::CheckpointConfig;
 use crate::error::{Error, Result};
+use crate::runtime::Checkpointing;
 use crate::runtime::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
 use crate::view::{ChannelSink, ViewSink, ViewStore};
 
@@ -59,10 +61,12 @@ pub struct Session {
     /// replayed.
     restored_views: HashMap<String, Vec<RecordBatch>>,
     /// Materialized views whose rows were restored complete (no pipeline runs for them).
-    finished_views: std::collections::HashSet<String>,
+    finished_restored: std::collections::HashSet<String>,
     /// CREATE statements of the live objects, in creation order: (kind, name, sql).
     definitions: Vec<(ObjectKind, String, String)>,
     store: Option<CatalogStore>,
+    /// Checkpointing of sink and materialized-view pipelines, when on.
+    checkpoints: Option<CheckpointConfig>,
 }
 
 fn options_of(kind: &str, name: &str, options: &[(String, String)]) -> Result<(String, Options)> {
@@ -308,10 +312,18 @@ impl Session {
                 let (connector, options) = options_of("sink", name, options)?;
                 let config = sluice_connectors::sink_config(&connector, options)?;
                 let schema = plan.schema();
-                let sink = config
-                    .open(Arc::clone(&schema), Arc::new(ConnectorMetrics::default()))
-                    .await?;
-                self.start(name, plan, sink)?;
+                let recovery = self.recover(name, Some(&config)).await?;
+                if recovery.as_ref().is_some_and(Checkpointing::finished) {
+                    // Its bounded input was consumed and committed before a restart.
+                    self.finished_restored.insert(name.clone());
+                } else {
+                    let ctx = SinkContext {
+                        metrics: Arc::new(ConnectorMetrics::default()),
+                        two_phase: recovery.is_some(),
+                    };
+                    let sink = config.open(Arc::clone(&schema), ctx).await?;
+                    self.start(name, plan, sink, recovery)?;
+                }
                 self.catalog.sinks.insert(
                     name.clone(),
                     SinkEntry {
@@ -374,9 +386,20 @@ impl Session {
                         for batch in rows {
                             sluice_connectors::Sink::write(&mut sink, batch).await?;
                         }
-                        self.finished_views.insert(name.clone());
+                        self.finished_restored.insert(name.clone());
                     }
-                    _ => self.start(name, plan, Box::new(ViewSink::new(Arc::clone(&store))))?,
+                    _ => {
+                        let recovery = self.recover(name, None).await?;
+                        if let Some(r) = recovery.as_ref().and_then(|c| c.restored.as_ref()) {
+                            store.load(r.sink_state.clone());
+                        }
+                        if recovery.as_ref().is_some_and(Checkpointing::finished) {
+                            self.finished_restored.insert(name.clone());
+                        } else {
+                            let sink = Box::new(ViewSink::new(Arc::clone(&store)));
+                            self.start(name, plan, sink, recovery)?;
+                        }
+                    }
                 }
                 self.views.insert(name.clone(), store);
                 self.catalog.materialized_views.insert(
@@ -418,10 +441,73 @@ impl Session {
         name: &str,
         plan: StreamPlan,
         sink: Box<dyn sluice_connectors::Sink>,
+        checkpointing: Option<Checkpointing>,
     ) -> Result<()> {
-        let pipeline = Pipeline::start(name, plan, &self.sources, SinkTarget { sink })?;
+        let pipeline = Pipeline::start(
+            name,
+            plan,
+            &self.sources,
+            SinkTarget { sink },
+            checkpointing,
+        )?;
         self.pipelines.push(pipeline);
         Ok(())
+    }
+
+    /// Checkpoints pipelines from now on, under `config`'s storage root.
+    pub fn enable_checkpoints(&mut self, config: CheckpointConfig) {
+        self.checkpoints = Some(config);
+    }
+
+    /// Prepares pipeline `name` to start from its newest complete checkpoint, if
+    /// checkpoints are on: loads it, commits the sink output it staged (its commit may not
+    /// have happened before a crash), and removes sink output no checkpoint covers.
+    async fn recover(
+        &self,
+        name: &str,
+        sink: Option<&Arc<dyn sluice_connectors::SinkConfig>>,
+    ) -> Result<Option<Checkpointing>> {
+        let Some(config) = &self.checkpoints else {
+            return Ok(None);
+        };
+        let store = config.store_for(name);
+        let started = std::time::Instant::now();
+        let restored = store.load_latest().await?;
+        let next_id = store.ids().await?.last().copied().unwrap_or(0) + 1;
+        if let Some(sink) = sink {
+            if let Some(r) = &restored {
+                for pending in &r.manifest.sink_pending {
+                    sink.commit(r.manifest.id, pending).await?;
+                }
+            }
+            sink.recover(restored.as_ref().map(|r| r.manifest.id))
+                .await?;
+        }
+        let metrics = Arc::new(crate::checkpoint::CheckpointMetrics::default());
+        if let Some(r) = &restored {
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            metrics
+                .restore_ms
+                .store(ms, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .restored_id
+                .store(r.manifest.id, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                pipeline = name,
+                checkpoint = r.manifest.id,
+                restore_ms = ms,
+                "resuming from a checkpoint"
+            );
+        }
+        Ok(Some(Checkpointing {
+            store,
+            interval: config.interval,
+            retention: config.retention,
+            sink: sink.cloned(),
+            restored,
+            next_id,
+            metrics,
+        }))
     }
 
     /// A top-level query: continuous over streams, or answered now from materialized views.
@@ -450,7 +536,7 @@ impl Session {
         let (tx, rx) = mpsc::channel(crate::runtime::CHANNEL_CAPACITY);
         self.queries += 1;
         let name = format!("query-{}", self.queries);
-        self.start(&name, plan, Box::new(ChannelSink::new(tx)))?;
+        self.start(&name, plan, Box::new(ChannelSink::new(tx)), None)?;
         Ok(StatementOutput::Stream {
             schema,
             rows: rx,
@@ -549,7 +635,7 @@ impl Session {
             Some(PipelineStatus::Finished) => "finished".into(),
             Some(PipelineStatus::Stopped) => "stopped".into(),
             Some(PipelineStatus::Failed(e)) => format!("failed: {e}"),
-            None if self.finished_views.contains(name) => "finished (restored)".into(),
+            None if self.finished_restored.contains(name) => "finished (restored)".into(),
             None => "-".into(),
         }
     }
@@ -710,7 +796,7 @@ impl Session {
             return Ok(());
         };
         for (name, view) in &self.views {
-            let complete = self.finished_views.contains(name)
+            let complete = self.finished_restored.contains(name)
                 || self
                     .pipeline(name)
                     .is_some_and(|p| p.bounded && p.status() == PipelineStatus::Finished);

@@ -1,4 +1,5 @@
-//! Materialized view state (in memory for now) and the sinks that feed it or a caller.
+//! Materialized view state (in memory, saved by checkpoints) and the sinks that feed it or
+//! a caller.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,14 @@ impl ViewStore {
             .unwrap_or_default()
     }
 
+    /// Replaces the rows with `batches` (restored from a checkpoint).
+    pub fn load(&self, batches: Vec<RecordBatch>) {
+        if let Ok(mut b) = self.batches.lock() {
+            let now = Instant::now();
+            *b = batches.into_iter().map(|batch| (now, batch)).collect();
+        }
+    }
+
     /// Number of rows held.
     pub fn num_rows(&self) -> usize {
         self.batches
@@ -105,6 +114,17 @@ impl Sink for ViewSink {
 
     async fn finish(&mut self) -> sluice_connectors::Result<()> {
         Ok(())
+    }
+
+    /// The view's rows are its state: a checkpoint saves them and recovery loads them.
+    async fn pre_commit(
+        &mut self,
+        _checkpoint: u64,
+    ) -> sluice_connectors::Result<sluice_connectors::Precommit> {
+        Ok(sluice_connectors::Precommit {
+            pending: None,
+            state: self.store.snapshot(),
+        })
     }
 }
 

@@ -30,9 +30,16 @@ enum Command {
     Run {
         /// The SQL file to run.
         file: PathBuf,
-        /// Storage root (local folder or object_store URL). `run` keeps no state there yet; checkpoints will.
+        /// Storage root (local folder or object_store URL), where checkpoints go.
         #[arg(long, default_value = "./sluice-data")]
         data_dir: String,
+        /// Checkpoint every this long (`500ms`, `1s`, `1m`) and resume from the newest
+        /// checkpoint when run again with the same data dir. Off when not given.
+        #[arg(long, value_parser = parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
+        /// Complete checkpoints kept per pipeline.
+        #[arg(long, default_value_t = sluice_engine::checkpoint::DEFAULT_RETENTION)]
+        checkpoint_retention: usize,
         /// Never show the live progress line, even on a terminal.
         #[arg(long, short)]
         quiet: bool,
@@ -52,6 +59,12 @@ enum Command {
         /// Storage root: a local folder or an object_store URL (s3://bucket/prefix, file:///...).
         #[arg(long, default_value = "./sluice-data")]
         data_dir: String,
+        /// Checkpoint every pipeline every this long; `0s` turns checkpoints off.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        checkpoint_interval: std::time::Duration,
+        /// Complete checkpoints kept per pipeline.
+        #[arg(long, default_value_t = sluice_engine::checkpoint::DEFAULT_RETENTION)]
+        checkpoint_retention: usize,
     },
     /// An interactive SQL shell on a running `sluice serve`, like psql.
     ///
@@ -69,6 +82,12 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
     },
+}
+
+/// Parses `500ms`, `1s`, `2m` and the like.
+fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
+    sluice_connectors::options::parse_duration(v)
+        .ok_or_else(|| format!("'{v}' is not a duration such as 500ms, 1s or 1m"))
 }
 
 fn main() -> ExitCode {
@@ -94,13 +113,24 @@ fn main() -> ExitCode {
             Command::Run {
                 file,
                 data_dir,
+                checkpoint_interval,
+                checkpoint_retention,
                 quiet,
-            } => run::run(&file, &data_dir, quiet).await,
+            } => {
+                let checkpoints = checkpoint_interval.map(|i| (i, checkpoint_retention));
+                run::run(&file, &data_dir, checkpoints, quiet).await
+            }
             Command::Serve {
                 listen,
                 http,
                 data_dir,
-            } => serve::serve(listen, http, &data_dir).await,
+                checkpoint_interval,
+                checkpoint_retention,
+            } => {
+                let checkpoints = (!checkpoint_interval.is_zero())
+                    .then_some((checkpoint_interval, checkpoint_retention));
+                serve::serve(listen, http, &data_dir, checkpoints).await
+            }
             Command::Sql {
                 server,
                 command,

@@ -11,13 +11,25 @@ use sluice_engine::{Session, StatementOutput};
 
 use crate::progress::Progress;
 
-pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()> {
+/// `checkpoints`: the interval and retention, when checkpointing into `data_dir`.
+pub async fn run(
+    file: &Path,
+    data_dir: &str,
+    checkpoints: Option<(std::time::Duration, usize)>,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read SQL file '{}'", file.display()))?;
     let statements = sluice_planner::parse_script(&sql)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut session = Session::new();
     session.settle_before_queries(true);
+    if let Some((interval, retention)) = checkpoints {
+        let config =
+            sluice_engine::checkpoint::CheckpointConfig::for_root(data_dir, interval, retention)
+                .with_context(|| format!("data dir '{data_dir}'"))?;
+        session.enable_checkpoints(config);
+    }
     let chatty = std::io::stderr().is_terminal() && !quiet;
     let mut printers = Vec::new();
     let output_closed = Arc::new(tokio::sync::Notify::new());
@@ -72,6 +84,7 @@ pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()
                 }
                 Ok(())
             }
+            _ = terminated() => Ok(()),
         }
     };
     let stopped = session.shutdown().await;
@@ -84,6 +97,19 @@ pub async fn run(file: &Path, _data_dir: &str, quiet: bool) -> anyhow::Result<()
     outcome?;
     stopped?;
     Ok(())
+}
+
+/// Resolves on SIGTERM (never elsewhere than on Unix).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 fn print_batches(batches: &[RecordBatch]) -> anyhow::Result<()> {

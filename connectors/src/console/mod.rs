@@ -12,7 +12,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use crate::error::Result;
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
-use crate::sink::{Sink, SinkConfig};
+use crate::sink::{Sink, SinkConfig, SinkContext};
 
 /// A validated `console` sink. It takes no options.
 #[derive(Debug, Clone, Default)]
@@ -31,12 +31,10 @@ impl ConsoleSinkConfig {
 
 #[async_trait::async_trait]
 impl SinkConfig for ConsoleSinkConfig {
-    async fn open(
-        &self,
-        _schema: SchemaRef,
-        metrics: Arc<ConnectorMetrics>,
-    ) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(ConsoleSink { metrics }))
+    async fn open(&self, _schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(ConsoleSink {
+            metrics: ctx.metrics,
+        }))
     }
 }
 
@@ -100,7 +98,13 @@ mod tests {
         .unwrap();
         let metrics = Arc::new(ConnectorMetrics::default());
         let mut sink = ConsoleSinkConfig
-            .open(schema, Arc::clone(&metrics))
+            .open(
+                schema,
+                SinkContext {
+                    metrics: Arc::clone(&metrics),
+                    two_phase: false,
+                },
+            )
             .await
             .unwrap();
         sink.write(batch.slice(0, 0)).await.unwrap();

@@ -3,23 +3,22 @@
 //! A part file is built in memory and stored with one atomic `put` when it is complete (at
 //! `rollover_rows` rows, or when the sink finishes), so a reader never sees a partial file.
 //! Part files are named `part-<n>-<unique>.csv` / `.jsonl`; the unique suffix keeps two runs
-//! writing into the same folder from overwriting each other.
+//! writing into the same folder from overwriting each other. With checkpoints they are
+//! staged and committed as [`crate::commit`] describes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
 
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 
+use crate::commit::{self, PartFiles};
 use crate::error::{Error, Result};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
-use crate::sink::{Sink, SinkConfig};
+use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
 use crate::store::{self, Location};
 
 /// Rows per part file unless `rollover_rows` says otherwise.
@@ -70,23 +69,6 @@ pub(crate) fn output_location(
 
 /// A suffix no other sink instance, in this process or another, uses: the process id, the
 /// time in nanoseconds and a per-process counter, in hex.
-pub(crate) fn unique_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}-{nanos:x}-{n:x}", std::process::id())
-}
-
-/// The object path of part file `seq` in `folder`.
-pub(crate) fn part_path(folder: &Path, seq: u64, unique: &str, extension: &str) -> Path {
-    folder
-        .clone()
-        .join(format!("part-{seq:05}-{unique}.{extension}"))
-}
-
 impl FileSinkConfig {
     /// Validates the options of a `file` sink. Nothing is written until rows arrive.
     ///
@@ -126,19 +108,22 @@ impl FileSinkConfig {
 
 #[async_trait::async_trait]
 impl SinkConfig for FileSinkConfig {
-    async fn open(
-        &self,
-        _schema: SchemaRef,
-        metrics: Arc<ConnectorMetrics>,
-    ) -> Result<Box<dyn Sink>> {
+    async fn open(&self, _schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
         Ok(Box::new(FileSink {
             config: self.clone(),
-            metrics,
+            metrics: ctx.metrics,
             buf: Vec::new(),
             rows: 0,
-            seq: 0,
-            unique: unique_suffix(),
+            parts: PartFiles::new(Arc::clone(&self.location.store), ctx.two_phase),
         }))
+    }
+
+    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<()> {
+        commit::commit(&self.location.store, pending).await
+    }
+
+    async fn recover(&self, restored: Option<u64>) -> Result<()> {
+        commit::recover(&self.location.store, &self.location.prefix, restored).await
     }
 }
 
@@ -151,9 +136,7 @@ struct FileSink {
     buf: Vec<u8>,
     /// Rows in `buf`.
     rows: u64,
-    /// The number of the next part file.
-    seq: u64,
-    unique: String,
+    parts: PartFiles,
 }
 
 impl FileSink {
@@ -182,20 +165,16 @@ impl FileSink {
         }
         let data = std::mem::take(&mut self.buf);
         let len = data.len() as u64;
-        let path = part_path(
-            &self.config.location.prefix,
-            self.seq,
-            &self.unique,
-            self.config.format.extension(),
-        );
-        self.config
-            .location
-            .store
-            .put(&path, PutPayload::from(data))
+        let path = self
+            .parts
+            .put(
+                &self.config.location.prefix,
+                self.config.format.extension(),
+                data,
+            )
             .await?;
         tracing::debug!(file = %path, rows = self.rows, "file sink wrote a part file");
         self.metrics.bytes.fetch_add(len, Ordering::Relaxed);
-        self.seq += 1;
         self.rows = 0;
         Ok(())
     }
@@ -224,6 +203,14 @@ impl Sink for FileSink {
 
     async fn finish(&mut self) -> Result<()> {
         self.flush_part().await
+    }
+
+    async fn pre_commit(&mut self, checkpoint: u64) -> Result<Precommit> {
+        self.flush_part().await?;
+        Ok(Precommit {
+            pending: self.parts.pre_commit(checkpoint),
+            state: Vec::new(),
+        })
     }
 }
 
@@ -277,7 +264,13 @@ mod tests {
         .unwrap();
         let metrics = Arc::new(ConnectorMetrics::default());
         let mut sink = config
-            .open(batch(&[]).schema(), Arc::clone(&metrics))
+            .open(
+                batch(&[]).schema(),
+                SinkContext {
+                    metrics: Arc::clone(&metrics),
+                    two_phase: false,
+                },
+            )
             .await
             .unwrap();
         sink.write(batch(&[1, 2])).await.unwrap();
@@ -308,7 +301,7 @@ mod tests {
         ]))
         .unwrap();
         let mut sink = config
-            .open(batch(&[]).schema(), Arc::new(ConnectorMetrics::default()))
+            .open(batch(&[]).schema(), SinkContext::default())
             .await
             .unwrap();
         sink.write(batch(&[7])).await.unwrap();

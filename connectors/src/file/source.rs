@@ -5,7 +5,7 @@
 //! of at most `batch_size` records, which the format decoders turn into batches. Parquet
 //! files are read with the parquet crate's async reader, projected to the needed columns.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{CONNECTOR, FileSourceConfig, SourceFormat, object_name, parquet_builder};
@@ -40,6 +41,21 @@ pub struct FileSource {
     current: Option<OpenFile>,
     /// When the location was last listed.
     last_listing: Instant,
+    /// Files read to their end, for checkpoints.
+    done: BTreeSet<String>,
+    /// The file being read, and how many of its rows were handed out (skipped ones too).
+    current_name: Option<String>,
+    current_rows: u64,
+    /// Rows of the current file handed out before a restart, to skip.
+    skip: u64,
+}
+
+/// Where a file source stands: what [`Source::position`] saves.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FilePosition {
+    done: BTreeSet<String>,
+    current: Option<String>,
+    rows: u64,
 }
 
 /// A file being read.
@@ -79,13 +95,31 @@ impl FileSource {
             Err(e) => return Err(e),
         };
         let seen = files.iter().map(|m| m.location.clone()).collect();
+        let resume: FilePosition = match &ctx.resume {
+            Some(p) => serde_json::from_value(p.clone()).map_err(|e| {
+                Error::Internal(format!("a checkpointed file position is unreadable: {e}"))
+            })?,
+            None => FilePosition::default(),
+        };
+        let queue: VecDeque<ObjectMeta> = files
+            .into_iter()
+            .filter(|m| !resume.done.contains(m.location.as_ref()))
+            .collect();
+        let skip = match (&resume.current, queue.front()) {
+            (Some(c), Some(first)) if first.location.as_ref() == c => resume.rows,
+            _ => 0,
+        };
         Ok(Self {
             config,
             ctx,
-            queue: files.into(),
+            queue,
             seen,
             current: None,
             last_listing: Instant::now(),
+            done: resume.done,
+            current_name: None,
+            current_rows: 0,
+            skip,
         })
     }
 
@@ -233,18 +267,40 @@ impl Source for FileSource {
                 };
                 match next {
                     Some(batch) => {
+                        let rows = batch.num_rows() as u64;
+                        self.current_rows += rows;
+                        // After a restart, rows handed out before it are read again and dropped.
+                        let batch = if self.skip >= rows {
+                            self.skip -= rows;
+                            continue;
+                        } else if self.skip > 0 {
+                            let skip = usize::try_from(self.skip).unwrap_or(usize::MAX);
+                            self.skip = 0;
+                            batch.slice(skip, batch.num_rows() - skip)
+                        } else {
+                            batch
+                        };
                         self.ctx
                             .metrics
                             .records
                             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                         return Ok(Some(batch));
                     }
-                    None => self.current = None,
+                    None => {
+                        self.current = None;
+                        if let Some(name) = self.current_name.take() {
+                            self.done.insert(name);
+                        }
+                        self.current_rows = 0;
+                    }
                 }
                 continue;
             }
             if let Some(meta) = self.queue.pop_front() {
+                let name = meta.location.to_string();
                 self.current = Some(Self::start(&self.config, &self.ctx, meta).await?);
+                self.current_name = Some(name);
+                self.current_rows = 0;
                 continue;
             }
             if !self.config.follow {
@@ -252,6 +308,15 @@ impl Source for FileSource {
             }
             self.poll_location().await?;
         }
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(FilePosition {
+            done: self.done.clone(),
+            current: self.current_name.clone(),
+            rows: self.current_rows,
+        })
+        .ok()
     }
 }
 
@@ -272,6 +337,7 @@ mod tests {
             linger: Duration::from_millis(100),
             metrics: Arc::clone(&metrics),
             bad_records: Arc::new(BadRecords::new(OnError::Skip, metrics)),
+            resume: None,
         }
     }
 
@@ -346,6 +412,33 @@ mod tests {
         assert_eq!(metrics.records.load(Ordering::Relaxed), 6);
         assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
         assert!(metrics.bytes.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn resumes_after_its_checkpointed_position() {
+        let dir = tempdir();
+        std::fs::write(dir.path().join("a.csv"), "id,name\n1,a\n2,b\n3,c\n").unwrap();
+        std::fs::write(dir.path().join("b.csv"), "id,name\n4,d\n5,e\n6,f\n").unwrap();
+        let glob = format!("{}/*.csv", dir.path().to_str().unwrap());
+        let config = FileSourceConfig::try_new(opts(&[("path", glob.as_str())]), Some(decl()))
+            .await
+            .unwrap();
+        // Stop after each number of batches; resuming from the position reads the rest.
+        for taken in 0..6 {
+            let mut source = config.open(ctx(2)).await.unwrap();
+            let mut first = Vec::new();
+            for _ in 0..taken {
+                if let Some(b) = source.next_batch().await.unwrap() {
+                    first.push(b);
+                }
+            }
+            let mut resumed = ctx(2);
+            resumed.resume = source.position();
+            let rest = read_all(&config, resumed).await;
+            let mut all = ids(&first);
+            all.extend(ids(&rest));
+            assert_eq!(all, vec![1, 2, 3, 4, 5, 6], "after {taken} batches");
+        }
     }
 
     #[tokio::test]

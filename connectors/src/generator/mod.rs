@@ -143,8 +143,8 @@ impl SourceConfig for GeneratorConfig {
         Ok(Box::new(GeneratorSource {
             pacer: Pacer::new(self.rows_per_second),
             config: self.clone(),
+            next_row: resume_counter(ctx.resume.as_ref(), "row")?,
             ctx,
-            next_row: 0,
         }))
     }
 }
@@ -180,13 +180,35 @@ impl Source for GeneratorSource {
             .map(|(i, column)| column.build(seed, i as u64, first, rows))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let batch = RecordBatch::try_new(Arc::clone(&self.config.schema), columns)?;
-        self.next_row = first.saturating_add(rows as u64);
+        // Pace before moving on, so that a caller giving up on this call (a stop) loses no
+        // row: the position only advances once the batch is handed out.
         self.pacer.pace(rows).await;
+        self.next_row = first.saturating_add(rows as u64);
         self.ctx
             .metrics
             .records
             .fetch_add(rows as u64, Ordering::Relaxed);
         Ok(Some(batch))
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "row": self.next_row }))
+    }
+}
+
+/// The counter `key` of a saved position, or 0 without one.
+///
+/// # Errors
+/// When the position does not hold the counter.
+pub(crate) fn resume_counter(resume: Option<&serde_json::Value>, key: &str) -> Result<u64> {
+    match resume {
+        None => Ok(0),
+        Some(p) => p
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| {
+                crate::Error::Internal(format!("a checkpointed source position lacks '{key}': {p}"))
+            }),
     }
 }
 

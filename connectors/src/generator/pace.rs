@@ -74,6 +74,7 @@ pub(crate) fn test_context(batch_size: usize) -> crate::source::SourceContext {
         linger: crate::source::DEFAULT_LINGER,
         bad_records: Arc::new(BadRecords::new(OnError::Skip, Arc::clone(&metrics))),
         metrics,
+        resume: None,
     }
 }
 

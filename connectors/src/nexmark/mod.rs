@@ -143,8 +143,8 @@ impl SourceConfig for NexmarkConfig {
             map: self.map.clone(),
             pacer: Pacer::new(self.rows_per_second),
             ids: Vec::with_capacity(ctx.batch_size.min(1 << 20)),
+            next_event: crate::generator::resume_counter(ctx.resume.as_ref(), "event")?,
             ctx,
-            next_event: 0,
         }))
     }
 }
@@ -171,8 +171,11 @@ impl Source for NexmarkSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let max_rows = self.pacer.batch_rows(self.ctx.batch_size, self.ctx.linger);
         self.ids.clear();
+        // The position only advances once the batch is handed out (after pacing), so that a
+        // caller giving up on this call (a stop) loses no event.
+        let mut next_event = self.next_event;
         self.table
-            .collect_ids(&mut self.next_event, self.events, max_rows, &mut self.ids);
+            .collect_ids(&mut next_event, self.events, max_rows, &mut self.ids);
         if self.ids.is_empty() {
             return Ok(None);
         }
@@ -188,11 +191,16 @@ impl Source for NexmarkSource {
         };
         let rows = batch.num_rows();
         self.pacer.pace(rows).await;
+        self.next_event = next_event;
         self.ctx
             .metrics
             .records
             .fetch_add(rows as u64, Ordering::Relaxed);
         Ok(Some(batch))
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "event": self.next_event }))
     }
 }
 

@@ -6,7 +6,6 @@
 
 mod sink;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::parquet::basic::{Compression, GzipLevel, ZstdLevel};
@@ -14,9 +13,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::file::sink::output_location;
-use crate::metrics::ConnectorMetrics;
 use crate::options::{Options, parse_duration};
-use crate::sink::{Sink, SinkConfig};
+use crate::sink::{Sink, SinkConfig, SinkContext};
 use crate::store::Location;
 
 /// The connector's name in messages.
@@ -127,14 +125,16 @@ fn take_seconds(options: &mut Options, key: &str) -> Result<Option<Duration>> {
 
 #[async_trait::async_trait]
 impl SinkConfig for ParquetSinkConfig {
-    async fn open(
-        &self,
-        schema: SchemaRef,
-        metrics: Arc<ConnectorMetrics>,
-    ) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(sink::ParquetSink::try_new(
-            self, &schema, metrics,
-        )?))
+    async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(sink::ParquetSink::try_new(self, &schema, ctx)?))
+    }
+
+    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<()> {
+        crate::commit::commit(&self.location.store, pending).await
+    }
+
+    async fn recover(&self, restored: Option<u64>) -> Result<()> {
+        crate::commit::recover(&self.location.store, &self.location.prefix, restored).await
     }
 }
 

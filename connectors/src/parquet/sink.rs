@@ -21,20 +21,18 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::path::{Path, PathPart};
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{CONNECTOR, ParquetSinkConfig};
+use crate::commit::PartFiles;
 use crate::error::{Error, Result};
-use crate::file::sink::{part_path, unique_suffix};
 use crate::metrics::ConnectorMetrics;
-use crate::sink::Sink;
+use crate::sink::{Precommit, Sink, SinkContext};
 
 /// The folder name Hive gives a NULL (or empty) partition value.
 const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// A running `parquet` sink.
 pub(super) struct ParquetSink {
-    store: Arc<dyn ObjectStore>,
     root: Path,
     rollover_rows: u64,
     rollover_bytes: u64,
@@ -50,9 +48,7 @@ pub(super) struct ParquetSink {
     file_schema: SchemaRef,
     /// Open files by partition folder (relative to `root`; empty without partitions).
     open: BTreeMap<String, OpenFile>,
-    /// The number of the next file.
-    seq: u64,
-    unique: String,
+    parts: PartFiles,
     metrics: Arc<ConnectorMetrics>,
 }
 
@@ -90,7 +86,7 @@ impl ParquetSink {
     pub(super) fn try_new(
         config: &ParquetSinkConfig,
         schema: &SchemaRef,
-        metrics: Arc<ConnectorMetrics>,
+        ctx: SinkContext,
     ) -> Result<Self> {
         let mut partition_cols = Vec::with_capacity(config.partition_by.len());
         for name in &config.partition_by {
@@ -141,7 +137,6 @@ impl ParquetSink {
             .set_compression(config.compression)
             .build();
         Ok(Self {
-            store: Arc::clone(&config.location.store),
             root: config.location.prefix.clone(),
             rollover_rows: config.rollover_rows,
             rollover_bytes: config.rollover_bytes,
@@ -152,9 +147,8 @@ impl ParquetSink {
             data_cols,
             file_schema,
             open: BTreeMap::new(),
-            seq: 0,
-            unique: unique_suffix(),
-            metrics,
+            parts: PartFiles::new(Arc::clone(&config.location.store), ctx.two_phase),
+            metrics: ctx.metrics,
         })
     }
 
@@ -302,9 +296,7 @@ impl ParquetSink {
         let rows = file.rows;
         let data = file.writer.into_inner()?;
         let len = data.len() as u64;
-        let path = part_path(&file.folder, self.seq, &self.unique, "parquet");
-        self.seq += 1;
-        self.store.put(&path, PutPayload::from(data)).await?;
+        let path = self.parts.put(&file.folder, "parquet", data).await?;
         self.metrics.bytes.fetch_add(len, Ordering::Relaxed);
         tracing::debug!(file = %path, rows, bytes = len, "parquet sink wrote a file");
         Ok(())
@@ -333,6 +325,15 @@ impl Sink for ParquetSink {
             self.close(&key).await?;
         }
         Ok(())
+    }
+
+    async fn pre_commit(&mut self, checkpoint: u64) -> Result<Precommit> {
+        // Every row before the barrier belongs to this checkpoint: close the open files.
+        self.finish().await?;
+        Ok(Precommit {
+            pending: self.parts.pre_commit(checkpoint),
+            state: Vec::new(),
+        })
     }
 }
 
@@ -402,7 +403,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(ConnectorMetrics::default());
         let mut sink = config(dir.path(), &[("rollover_rows", "2")])
-            .open(schema(), Arc::clone(&metrics))
+            .open(
+                schema(),
+                SinkContext {
+                    metrics: Arc::clone(&metrics),
+                    two_phase: false,
+                },
+            )
             .await
             .unwrap();
         sink.write(batch(&[1, 2, 3], &[Some("a"), None, Some("b")]))
@@ -437,7 +444,7 @@ mod tests {
             dir.path(),
             &[("partition_by", "k"), ("compression", "zstd")],
         )
-        .open(schema(), Arc::new(ConnectorMetrics::default()))
+        .open(schema(), SinkContext::default())
         .await
         .unwrap();
         sink.write(batch(
@@ -489,7 +496,7 @@ mod tests {
     async fn unknown_partition_column_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = config(dir.path(), &[("partition_by", "nope")])
-            .open(schema(), Arc::new(ConnectorMetrics::default()))
+            .open(schema(), SinkContext::default())
             .await
             .err()
             .unwrap();

@@ -355,6 +355,19 @@ impl GroupedState {
         Ok(PartialState { keys, states })
     }
 
+    /// A copy of the state as partial state, for a checkpoint; the state stays as it was.
+    /// (DataFusion's accumulators hand out their state only by consuming it, so the state
+    /// is taken and merged back into fresh accumulators.)
+    ///
+    /// # Errors
+    /// When an accumulator fails.
+    pub fn checkpoint(&mut self, set: &AggregateSet) -> Result<PartialState> {
+        let current = std::mem::replace(self, GroupedState::try_new(set)?);
+        let partial = current.into_partial()?;
+        self.merge(&partial)?;
+        Ok(partial)
+    }
+
     /// Approximate memory held, in bytes.
     pub fn size(&self) -> usize {
         let keys = match &self.keys {
@@ -371,4 +384,149 @@ impl std::fmt::Debug for GroupedState {
             .field("groups", &self.num_groups())
             .finish()
     }
+}
+
+/// Schema metadata key of a state batch: the operator's watermark.
+pub(crate) const WATERMARK_KEY: &str = "sluice.watermark";
+/// The tag column of a state batch: which pane, window or part a row belongs to.
+const TAG: &str = "sluice_tag";
+
+impl AggregateSet {
+    /// The schema of a checkpoint's state batch: a tag, the keys, then every function's
+    /// state fields.
+    fn state_schema(&self, watermark: i64) -> Result<SchemaRef> {
+        let mut fields = vec![Field::new(
+            TAG,
+            datafusion::arrow::datatypes::DataType::Int64,
+            false,
+        )];
+        fields.extend(
+            self.key_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        for (i, f) in self.functions.iter().enumerate() {
+            for (j, s) in f.state_fields()?.iter().enumerate() {
+                fields.push(Field::new(format!("s{i}_{j}"), s.data_type().clone(), true));
+            }
+        }
+        let metadata = [(WATERMARK_KEY.to_string(), watermark.to_string())].into();
+        Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
+    }
+
+    /// Encodes tagged partial states and a watermark as one batch, for a checkpoint.
+    ///
+    /// # Errors
+    /// When the states do not fit the functions' state fields.
+    pub fn state_batch(
+        &self,
+        parts: Vec<(i64, PartialState)>,
+        watermark: i64,
+    ) -> Result<RecordBatch> {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::compute::concat;
+        let schema = self.state_schema(watermark)?;
+        let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::new(); schema.fields().len()];
+        for (tag, part) in &parts {
+            let rows = part
+                .keys
+                .first()
+                .map(|k| k.len())
+                .or_else(|| part.states.iter().flatten().next().map(|a| a.len()))
+                .unwrap_or(0);
+            let arrays = std::iter::once(Arc::new(Int64Array::from(vec![*tag; rows])) as ArrayRef)
+                .chain(part.keys.iter().cloned())
+                .chain(part.states.iter().flatten().cloned());
+            for (c, a) in columns.iter_mut().zip(arrays) {
+                c.push(a);
+            }
+        }
+        let columns = columns
+            .iter()
+            .zip(schema.fields())
+            .map(|(parts, field)| {
+                if parts.is_empty() {
+                    Ok(datafusion::arrow::array::new_empty_array(field.data_type()))
+                } else {
+                    let refs: Vec<&dyn datafusion::arrow::array::Array> =
+                        parts.iter().map(|a| a.as_ref()).collect();
+                    Ok(concat(&refs)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new()
+            .with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+        Ok(RecordBatch::try_new_with_options(
+            schema, columns, &options,
+        )?)
+    }
+
+    /// Decodes a batch from [`AggregateSet::state_batch`]: the watermark and the partial
+    /// states by tag, in tag order.
+    ///
+    /// # Errors
+    /// When the batch does not have this set's state schema.
+    pub fn parse_state_batch(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(i64, Vec<(i64, PartialState)>)> {
+        use datafusion::arrow::array::{Array, Int64Array};
+        use datafusion::arrow::compute::filter_record_batch;
+        let watermark = state_watermark(batch)?;
+        let expected = self.state_schema(watermark)?;
+        if expected.fields().len() != batch.num_columns() {
+            return Err(Error::IncompatibleState(
+                "checkpointed aggregate state does not match the query's aggregates".into(),
+            ));
+        }
+        let tags = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| Error::IncompatibleState("state batch has no tag column".into()))?;
+        let mut distinct: Vec<i64> = tags.values().to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let keys = self.key_schema.fields().len();
+        let counts = self
+            .functions
+            .iter()
+            .map(|f| Ok(f.state_fields()?.len()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(distinct.len());
+        for tag in distinct {
+            let mask: BooleanArray = tags.iter().map(|t| Some(t == Some(tag))).collect();
+            let rows = filter_record_batch(batch, &mask)?;
+            let cols = rows.columns();
+            let key_cols = cols[1..1 + keys].to_vec();
+            let mut at = 1 + keys;
+            let mut states = Vec::with_capacity(counts.len());
+            for n in &counts {
+                states.push(cols[at..at + n].to_vec());
+                at += n;
+            }
+            out.push((
+                tag,
+                PartialState {
+                    keys: key_cols,
+                    states,
+                },
+            ));
+        }
+        Ok((watermark, out))
+    }
+}
+
+/// The watermark saved in a state batch's metadata.
+///
+/// # Errors
+/// When it is missing.
+pub(crate) fn state_watermark(batch: &RecordBatch) -> Result<i64> {
+    batch
+        .schema()
+        .metadata()
+        .get(WATERMARK_KEY)
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| Error::IncompatibleState("state batch has no watermark".into()))
 }

@@ -25,7 +25,7 @@ use sluice_planner::window::WindowKind;
 use crate::error::{Error, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
-use crate::operators::groups::{AggregateInputs, AggregateSet};
+use crate::operators::groups::{AggregateInputs, AggregateSet, WATERMARK_KEY, state_watermark};
 use crate::operators::window_aggregate::{aggregate_set, time_column, windows_batch};
 
 /// The session window operator.
@@ -279,6 +279,33 @@ impl Operator for SessionWindowOperator {
             self.emit_closed(watermark, out)?;
         }
         self.watermark = watermark;
+        Ok(())
+    }
+
+    /// The buffered rows of open sessions, with the watermark in the metadata.
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        let rows = concat_batches(&self.input_schema, &self.buffer)?;
+        self.buffer = vec![rows.clone()];
+        let metadata = [(WATERMARK_KEY.to_string(), self.watermark.to_string())].into();
+        let schema = Arc::new(self.input_schema.as_ref().clone().with_metadata(metadata));
+        Ok(Some(RecordBatch::try_new(schema, rows.columns().to_vec())?))
+    }
+
+    fn restore(&mut self, state: RecordBatch) -> Result<()> {
+        self.watermark = state_watermark(&state)?;
+        let rows = RecordBatch::try_new(Arc::clone(&self.input_schema), state.columns().to_vec())
+            .map_err(|e| {
+            Error::IncompatibleState(format!(
+                "checkpointed session rows do not match the query's input: {e}"
+            ))
+        })?;
+        let times = time_column(&rows, self.spec.time_index)?;
+        self.earliest = datafusion::arrow::compute::min(&times).unwrap_or(i64::MAX);
+        self.buffer = if rows.num_rows() > 0 {
+            vec![rows]
+        } else {
+            Vec::new()
+        };
         Ok(())
     }
 }

@@ -49,7 +49,7 @@ impl UpdatingAggregateOperator {
         })
     }
 
-    fn snapshot(&mut self) -> Result<RecordBatch> {
+    fn current(&mut self) -> Result<RecordBatch> {
         let current = self
             .state
             .take()
@@ -77,7 +77,26 @@ impl Operator for UpdatingAggregateOperator {
             Some(state) => state.update(&inputs)?,
             None => return Err(Error::Internal("updating aggregate lost its state".into())),
         }
-        out.emit(self.snapshot()?);
+        out.emit(self.current()?);
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        let state = self
+            .state
+            .as_mut()
+            .ok_or_else(|| Error::Internal("updating aggregate lost its state".into()))?;
+        let partial = state.checkpoint(&self.set)?;
+        Ok(Some(self.set.state_batch(vec![(0, partial)], i64::MIN)?))
+    }
+
+    fn restore(&mut self, state: RecordBatch) -> Result<()> {
+        let (_, parts) = self.set.parse_state_batch(&state)?;
+        let mut restored = GroupedState::try_new(&self.set)?;
+        for (_, part) in parts {
+            restored.merge(&part)?;
+        }
+        self.state = Some(restored);
         Ok(())
     }
 }

@@ -282,6 +282,36 @@ impl Operator for WindowAggregateOperator {
         self.watermark = watermark;
         Ok(())
     }
+
+    /// Every pane's groups as partial states tagged with the pane's start, and the
+    /// watermark. Restored, each pane holds all its parts as live state; a pane that was
+    /// complete is frozen again at the next watermark, with the same result.
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        let mut parts = Vec::new();
+        for (&p, pane) in self.panes.iter_mut() {
+            if let Some(live) = pane.live.as_mut() {
+                parts.push((p, live.checkpoint(&self.set)?));
+            }
+            parts.extend(pane.frozen.iter().map(|f| (p, f.clone())));
+        }
+        Ok(Some(self.set.state_batch(parts, self.watermark)?))
+    }
+
+    fn restore(&mut self, state: RecordBatch) -> Result<()> {
+        let (watermark, parts) = self.set.parse_state_batch(&state)?;
+        self.watermark = watermark;
+        self.panes.clear();
+        for (p, part) in parts {
+            let pane = self.panes.entry(p).or_default();
+            if pane.live.is_none() {
+                pane.live = Some(GroupedState::try_new(&self.set)?);
+            }
+            if let Some(live) = pane.live.as_mut() {
+                live.merge(&part)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The time column of a batch as nanosecond timestamps.

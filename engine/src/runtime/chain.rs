@@ -1,6 +1,11 @@
 //! A chain task: several operators run back to back in one task, fed by one or more input
 //! channels. The task aligns watermarks (the minimum over inputs that have not ended) and
 //! hands each operator its hooks in order.
+//!
+//! It also aligns checkpoint barriers: once an input has delivered a barrier, its later
+//! messages are held back until the barrier has come on every other input; then every
+//! operator snapshots its state, the snapshot goes to the coordinator, the barrier goes
+//! downstream, and the held messages are processed.
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
@@ -9,9 +14,20 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use std::collections::VecDeque;
+
+use crate::checkpoint::coordinator::Ack;
 use crate::error::{Error, Result};
-use crate::message::{Message, WATERMARK_MIN, Watermark};
+use crate::message::{Barrier, Message, WATERMARK_MIN, Watermark};
 use crate::operator::{Operator, Output};
+
+/// A chain task's part in checkpoints.
+pub(crate) struct ChainCheckpoints {
+    /// The task's number, for the manifest.
+    pub task: usize,
+    /// Where snapshots go.
+    pub acks: mpsc::UnboundedSender<Ack>,
+}
 
 /// Runs `ops` over the messages of `inputs` and sends the results to every output.
 /// `idle[i]` is the idle timeout of input i: after that long without a message the input
@@ -21,6 +37,7 @@ pub(crate) async fn run_chain(
     inputs: Vec<mpsc::Receiver<Message>>,
     idle: Vec<Option<Duration>>,
     outputs: Vec<mpsc::Sender<Message>>,
+    checkpoints: Option<ChainCheckpoints>,
 ) -> Result<()> {
     let n = inputs.len();
     let streams = inputs.into_iter().enumerate().map(|(i, rx)| {
@@ -36,6 +53,12 @@ pub(crate) async fn run_chain(
     let mut current = WATERMARK_MIN;
     let mut produced = Vec::new();
     let watch_idle = n > 1 && idle.iter().any(Option::is_some);
+    // Barrier alignment: which inputs delivered the barrier being aligned, what they sent
+    // after it, and held messages released for processing.
+    let mut arrived = vec![false; n];
+    let mut held: Vec<VecDeque<Message>> = (0..n).map(|_| VecDeque::new()).collect();
+    let mut replay: VecDeque<(usize, Message)> = VecDeque::new();
+    let mut aligning: Option<Barrier> = None;
     let mut tick = tokio::time::interval(
         idle.iter()
             .flatten()
@@ -46,7 +69,9 @@ pub(crate) async fn run_chain(
             / 2,
     );
     loop {
-        let next = if watch_idle {
+        let next = if let Some(m) = replay.pop_front() {
+            Some(m)
+        } else if watch_idle {
             tokio::select! {
                 next = merged.next() => next,
                 _ = tick.tick() => {
@@ -60,7 +85,19 @@ pub(crate) async fn run_chain(
         };
         let Some((i, msg)) = next else { break };
         last_seen[i] = Instant::now();
+        if arrived[i] {
+            held[i].push_back(msg);
+            continue;
+        }
         match msg {
+            Message::Barrier(b) => {
+                arrived[i] = true;
+                aligning = Some(b);
+                if aligned(&arrived, &ended) {
+                    complete_barrier(&mut ops, b, checkpoints.as_ref(), &outputs).await?;
+                    release(&mut arrived, &mut held, &mut replay, &mut aligning);
+                }
+            }
             Message::Batch(batch) => {
                 push_batch(&mut ops, 0, i, batch, &mut produced)?;
                 send_all(&outputs, &mut produced).await?;
@@ -80,7 +117,14 @@ pub(crate) async fn run_chain(
             }
             Message::End => {
                 ended[i] = true;
-                if ended.iter().all(|e| *e) {
+                if let Some(b) = aligning
+                    && aligned(&arrived, &ended)
+                {
+                    complete_barrier(&mut ops, b, checkpoints.as_ref(), &outputs).await?;
+                    release(&mut arrived, &mut held, &mut replay, &mut aligning);
+                    continue;
+                }
+                if ended.iter().all(|e| *e) && replay.is_empty() {
                     break;
                 }
                 let ignored = idle_inputs(&idle, &last_seen, &ended);
@@ -101,6 +145,52 @@ pub(crate) async fn run_chain(
         let _ = tx.send(Message::End).await;
     }
     Ok(())
+}
+
+/// Whether every input that has not ended delivered the barrier being aligned.
+fn aligned(arrived: &[bool], ended: &[bool]) -> bool {
+    arrived.iter().zip(ended).all(|(a, e)| *a || *e)
+}
+
+/// Snapshots every operator for barrier `b`, hands the snapshot to the coordinator and
+/// sends the barrier on.
+async fn complete_barrier(
+    ops: &mut [Box<dyn Operator>],
+    b: Barrier,
+    checkpoints: Option<&ChainCheckpoints>,
+    outputs: &[mpsc::Sender<Message>],
+) -> Result<()> {
+    if let Some(c) = checkpoints {
+        let states = ops
+            .iter_mut()
+            .map(|op| op.snapshot())
+            .collect::<Result<Vec<_>>>()?;
+        let _ = c.acks.send(Ack::Chain {
+            id: b.id,
+            task: c.task,
+            states,
+        });
+    }
+    for tx in outputs {
+        tx.send(Message::Barrier(b))
+            .await
+            .map_err(|_| downstream_closed())?;
+    }
+    Ok(())
+}
+
+/// Ends an alignment: the held messages are processed next, in order per input.
+fn release(
+    arrived: &mut [bool],
+    held: &mut [VecDeque<Message>],
+    replay: &mut VecDeque<(usize, Message)>,
+    aligning: &mut Option<Barrier>,
+) {
+    arrived.fill(false);
+    *aligning = None;
+    for (j, queue) in held.iter_mut().enumerate() {
+        replay.extend(queue.drain(..).map(|m| (j, m)));
+    }
 }
 
 /// The inputs that do not hold back the watermark: ended ones, and idle ones.
@@ -204,7 +294,7 @@ mod tests {
             match m {
                 Message::Watermark(w) => return Some(w),
                 Message::End => return None,
-                Message::Batch(_) => {}
+                Message::Batch(_) | Message::Barrier(_) => {}
             }
         }
         None
@@ -221,6 +311,7 @@ mod tests {
             vec![a_rx, b_rx],
             vec![None, None],
             vec![out_tx],
+            None,
         ));
         a_tx.send(Message::Watermark(10)).await.unwrap();
         b_tx.send(Message::Watermark(5)).await.unwrap();
@@ -242,7 +333,13 @@ mod tests {
         let (out_tx, mut out_rx) = mpsc::channel(8);
         let union = Box::new(UnionOperator::new(Arc::new(Schema::empty())));
         let idle = vec![None, Some(Duration::from_millis(50))];
-        let _task = tokio::spawn(run_chain(vec![union], vec![a_rx, b_rx], idle, vec![out_tx]));
+        let _task = tokio::spawn(run_chain(
+            vec![union],
+            vec![a_rx, b_rx],
+            idle,
+            vec![out_tx],
+            None,
+        ));
         a_tx.send(Message::Watermark(10)).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), next_watermark(&mut out_rx))
             .await

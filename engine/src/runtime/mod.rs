@@ -7,7 +7,10 @@ mod pipeline;
 mod sink_task;
 mod source_task;
 
-pub use pipeline::{Pipeline, PipelineStatus, SinkTarget, SourceBinding, StopOnDrop};
+pub use pipeline::{
+    Checkpointing, Pipeline, PipelineStatus, SinkTarget, SourceBinding, StopOnDrop,
+    plan_fingerprint,
+};
 
 /// Messages a channel holds before its sender waits: the back-pressure window.
 pub const CHANNEL_CAPACITY: usize = 8;

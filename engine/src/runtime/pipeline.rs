@@ -9,8 +9,10 @@ use sluice_planner::plan::{StreamOp, StreamPlan};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::checkpoint::coordinator::{Ack, Coordinator};
+use crate::checkpoint::{CheckpointMetrics, CheckpointStore, Restored};
 use crate::error::{Error, Result};
-use crate::message::Message;
+use crate::message::{Barrier, Message};
 use crate::metrics::PipelineMetrics;
 use crate::operator::Operator;
 use crate::operators::filter::FilterOperator;
@@ -19,9 +21,9 @@ use crate::operators::session_window::SessionWindowOperator;
 use crate::operators::union::UnionOperator;
 use crate::operators::window_aggregate::WindowAggregateOperator;
 use crate::runtime::CHANNEL_CAPACITY;
-use crate::runtime::chain::run_chain;
+use crate::runtime::chain::{ChainCheckpoints, run_chain};
 use crate::runtime::sink_task::run_sink;
-use crate::runtime::source_task::SourceTask;
+use crate::runtime::source_task::{SourceCheckpoints, SourceTask};
 
 /// What a plan's source node reads.
 #[derive(Debug, Clone)]
@@ -36,6 +38,43 @@ pub struct SourceBinding {
 pub struct SinkTarget {
     /// The running sink.
     pub sink: Box<dyn Sink>,
+}
+
+/// How a pipeline checkpoints, and what it resumes from.
+#[derive(Debug)]
+pub struct Checkpointing {
+    /// Where its checkpoints go.
+    pub store: CheckpointStore,
+    /// Time between checkpoints.
+    pub interval: std::time::Duration,
+    /// Complete checkpoints kept.
+    pub retention: usize,
+    /// The sink's config, to commit staged output (none for engine-owned sinks).
+    pub sink: Option<Arc<dyn sluice_connectors::SinkConfig>>,
+    /// The checkpoint to resume from.
+    pub restored: Option<Restored>,
+    /// The number the next checkpoint gets (above every folder in the store).
+    pub next_id: u64,
+    /// Counters, shared with whoever reports them.
+    pub metrics: Arc<CheckpointMetrics>,
+}
+
+impl Checkpointing {
+    /// Whether the checkpoint it resumes from is the last of a pipeline whose input ended:
+    /// there is nothing left to run.
+    pub fn finished(&self) -> bool {
+        self.restored
+            .as_ref()
+            .is_some_and(|r| r.manifest.last && !r.manifest.stopped)
+    }
+}
+
+/// A fingerprint of a plan, to tell whether saved state belongs to it.
+pub fn plan_fingerprint(plan: &StreamPlan) -> String {
+    format!(
+        "{:016x}",
+        twox_hash::XxHash64::oneshot(0, plan.to_string().as_bytes())
+    )
 }
 
 /// A pipeline's state.
@@ -72,6 +111,8 @@ pub struct Pipeline {
     pub metrics: Arc<PipelineMetrics>,
     /// Whether all its sources are bounded.
     pub bounded: bool,
+    /// Checkpoint counters, when it checkpoints.
+    pub checkpoints: Option<Arc<CheckpointMetrics>>,
     status: Arc<Mutex<PipelineStatus>>,
     error: Arc<Mutex<Option<Error>>>,
     stop: watch::Sender<bool>,
@@ -106,8 +147,24 @@ impl Pipeline {
         plan: StreamPlan,
         sources: &HashMap<String, SourceBinding>,
         target: SinkTarget,
+        checkpointing: Option<Checkpointing>,
     ) -> Result<Self> {
         let metrics = Arc::new(PipelineMetrics::default());
+        let fingerprint = plan_fingerprint(&plan);
+        let restored = checkpointing.as_ref().and_then(|c| c.restored.as_ref());
+        if let Some(r) = restored
+            && r.manifest.plan != fingerprint
+        {
+            return Err(Error::IncompatibleState(format!(
+                "the query of pipeline '{name}' changed since checkpoint {} was taken in '{}'; \
+                 delete that folder to start the pipeline over",
+                r.manifest.id,
+                checkpointing
+                    .as_ref()
+                    .map(|c| c.store.root().to_string())
+                    .unwrap_or_default()
+            )));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         // Group nodes into tasks: a node with one input whose producer feeds only it joins
         // the producer's chain; sources, unions and fan-outs start new tasks.
@@ -193,6 +250,27 @@ impl Pipeline {
                 }));
             }
         }
+        if let Some(r) = restored {
+            for (t, task) in tasks.iter_mut().enumerate() {
+                if let Task::Chain(chain) = task {
+                    for (k, op) in chain.ops.iter_mut().enumerate() {
+                        if let Some(state) = r.operators.get(&(t, k)) {
+                            op.restore(state.clone())?;
+                        }
+                    }
+                }
+            }
+        }
+        let source_tasks = tasks
+            .iter()
+            .filter(|t| matches!(t, Task::Source(_)))
+            .count();
+        let chain_tasks = tasks.len() - source_tasks;
+        let (trigger_tx, trigger_rx) = watch::channel(Barrier { id: 0, last: false });
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
+        let last_sent = checkpointing
+            .as_ref()
+            .map_or(0, |c| c.next_id.saturating_sub(1));
         // Wire channels: one per (producer task, consumer task input).
         let mut senders: Vec<Vec<mpsc::Sender<Message>>> =
             (0..tasks.len()).map(|_| Vec::new()).collect();
@@ -244,6 +322,8 @@ impl Pipeline {
                         Error::Internal(format!("source '{source}' is not bound"))
                     })?;
                     bounded &= binding.decl.config.is_bounded();
+                    let saved =
+                        restored.and_then(|r| r.manifest.sources.iter().find(|s| s.task == t));
                     let connector_metrics = Arc::new(ConnectorMetrics::default());
                     if let Ok(mut m) = metrics.sources.lock() {
                         m.push(Arc::clone(&connector_metrics));
@@ -256,6 +336,7 @@ impl Pipeline {
                             binding.decl.on_error.clone(),
                             connector_metrics,
                         )),
+                        resume: saved.and_then(|s| s.position.clone()),
                     };
                     let task = SourceTask {
                         decl: binding.decl.clone(),
@@ -265,6 +346,13 @@ impl Pipeline {
                         outputs,
                         stop: stop_rx.clone(),
                         metrics: Arc::clone(&metrics),
+                        checkpoints: checkpointing.as_ref().map(|_| SourceCheckpoints {
+                            task: t,
+                            trigger: trigger_rx.clone(),
+                            acks: ack_tx.clone(),
+                            last_sent,
+                            watermark: saved.map_or(crate::message::WATERMARK_MIN, |s| s.watermark),
+                        }),
                     };
                     set.spawn(task.run());
                 }
@@ -275,7 +363,11 @@ impl Pipeline {
                         .iter()
                         .map(|&t| idle_timeouts.get(t).copied().flatten())
                         .collect();
-                    set.spawn(run_chain(chain.ops, inputs, idle, outputs));
+                    let checkpoints = checkpointing.as_ref().map(|_| ChainCheckpoints {
+                        task: t,
+                        acks: ack_tx.clone(),
+                    });
+                    set.spawn(run_chain(chain.ops, inputs, idle, outputs, checkpoints));
                 }
             }
         }
@@ -285,7 +377,28 @@ impl Pipeline {
             sink_rx,
             Arc::clone(&metrics),
             tap.clone(),
+            checkpointing.as_ref().map(|_| ack_tx.clone()),
         ));
+        drop(ack_tx);
+        let checkpoint_metrics = checkpointing.as_ref().map(|c| Arc::clone(&c.metrics));
+        if let Some(c) = checkpointing {
+            let coordinator = Coordinator {
+                name: name.to_string(),
+                plan: fingerprint,
+                store: c.store,
+                interval: c.interval,
+                retention: c.retention,
+                sink: c.sink,
+                source_tasks,
+                chain_tasks,
+                trigger: trigger_tx,
+                acks: ack_rx,
+                next_id: c.next_id,
+                metrics: c.metrics,
+                carried: Vec::new(),
+            };
+            set.spawn(coordinator.run());
+        }
 
         let status = Arc::new(Mutex::new(PipelineStatus::Running));
         let (done_tx, done_rx) = watch::channel(false);
@@ -329,6 +442,7 @@ impl Pipeline {
             plan,
             metrics,
             bounded,
+            checkpoints: checkpoint_metrics,
             status,
             error,
             stop: stop_tx,

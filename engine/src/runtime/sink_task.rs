@@ -1,5 +1,7 @@
 //! The sink task: writes the pipeline's result batches to a sink and finishes it (flush
-//! and commit) when the input ends or the pipeline is stopped cleanly.
+//! and commit) when the input ends or the pipeline is stopped cleanly. At a checkpoint
+//! barrier it pre-commits the sink (stages what it wrote) and hands that to the
+//! coordinator, which commits it once the checkpoint is complete.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,6 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use sluice_connectors::Sink;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::checkpoint::coordinator::Ack;
 use crate::error::Result;
 use crate::message::Message;
 use crate::metrics::PipelineMetrics;
@@ -19,6 +22,7 @@ pub(crate) async fn run_sink(
     mut input: mpsc::Receiver<Message>,
     metrics: Arc<PipelineMetrics>,
     tap: broadcast::Sender<(SystemTime, RecordBatch)>,
+    acks: Option<mpsc::UnboundedSender<Ack>>,
 ) -> Result<()> {
     while let Some(msg) = input.recv().await {
         match msg {
@@ -32,6 +36,15 @@ pub(crate) async fn run_sink(
                 sink.write(batch).await?;
             }
             Message::Watermark(w) => metrics.watermark.store(w, Ordering::Relaxed),
+            Message::Barrier(b) => {
+                let precommit = sink.pre_commit(b.id).await?;
+                if let Some(acks) = &acks {
+                    let _ = acks.send(Ack::Sink {
+                        id: b.id,
+                        precommit,
+                    });
+                }
+            }
             Message::End => break,
         }
     }

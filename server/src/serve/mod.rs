@@ -18,8 +18,20 @@ use sluice_engine::{CatalogStore, Session};
 use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
 use tokio::sync::Mutex;
 
-pub async fn serve(listen: SocketAddr, http: SocketAddr, data_dir: &str) -> anyhow::Result<()> {
+/// `checkpoints`: the interval and retention, when pipelines checkpoint into `data_dir`.
+pub async fn serve(
+    listen: SocketAddr,
+    http: SocketAddr,
+    data_dir: &str,
+    checkpoints: Option<(std::time::Duration, usize)>,
+) -> anyhow::Result<()> {
     let mut session = Session::new();
+    if let Some((interval, retention)) = checkpoints {
+        let config =
+            sluice_engine::checkpoint::CheckpointConfig::for_root(data_dir, interval, retention)
+                .with_context(|| format!("data dir '{data_dir}'"))?;
+        session.enable_checkpoints(config);
+    }
     let store = CatalogStore::open(data_dir).with_context(|| format!("data dir '{data_dir}'"))?;
     let restored = session
         .restore_from(store)

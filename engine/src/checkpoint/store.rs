@@ -1,0 +1,266 @@
+//! Where one pipeline's checkpoints live: in `<data dir>/checkpoints/<pipeline>/`, checkpoint
+//! `n` is the Arrow IPC state files `chk-<n>.<owner>.arrow` and, written last,
+//! `chk-<n>.manifest.json`. (Flat names rather than a folder per checkpoint, so that
+//! deleting old checkpoints leaves no empty folders behind on a local disk.) Loading checks
+//! every checksum and falls back to the previous checkpoint when one does not hold.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::checkpoint::manifest::{FileEntry, Manifest, StateOwner, checksum};
+use crate::error::{Error, Result};
+
+/// The manifest's file name suffix; a checkpoint without it does not count.
+const MANIFEST: &str = "manifest.json";
+
+/// A checkpoint read back: its manifest and its state.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Operator state by (chain task, operator).
+    pub operators: BTreeMap<(usize, usize), RecordBatch>,
+    /// The sink's state (a materialized view's rows).
+    pub sink_state: Vec<RecordBatch>,
+}
+
+/// One pipeline's checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+fn store_error(e: object_store::Error) -> Error {
+    Error::Checkpoint(e.to_string())
+}
+
+impl CheckpointStore {
+    /// The checkpoints under `root` in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
+        Self { store, root }
+    }
+
+    /// Where they are, for messages.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of file `name` of checkpoint `id`.
+    fn file(&self, id: u64, name: &str) -> Path {
+        self.root.clone().join(format!("chk-{id:010}.{name}"))
+    }
+
+    /// The checkpoint a file name belongs to.
+    fn id_of(name: &str) -> Option<u64> {
+        let rest = name.strip_prefix("chk-")?;
+        rest.split('.').next()?.parse().ok()
+    }
+
+    async fn files(&self) -> Result<Vec<object_store::ObjectMeta>> {
+        match self.store.list_with_delimiter(Some(&self.root)).await {
+            Ok(l) => Ok(l.objects),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// The numbers of every checkpoint with a file, complete or not, ascending.
+    ///
+    /// # Errors
+    /// When the store cannot be listed.
+    pub async fn ids(&self) -> Result<Vec<u64>> {
+        let mut ids: Vec<u64> = self
+            .files()
+            .await?
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(Self::id_of))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Writes the state files, then the manifest (with `files` filled in): from then on
+    /// the checkpoint counts. Returns the manifest as written.
+    ///
+    /// # Errors
+    /// When a file cannot be encoded or stored.
+    pub async fn write(
+        &self,
+        mut manifest: Manifest,
+        states: Vec<(StateOwner, Vec<RecordBatch>)>,
+    ) -> Result<Manifest> {
+        let id = manifest.id;
+        manifest.files.clear();
+        for (owner, batches) in states {
+            let Some(first) = batches.first() else {
+                continue;
+            };
+            let mut writer = FileWriter::try_new(Vec::new(), &first.schema())?;
+            for b in &batches {
+                writer.write(b)?;
+            }
+            writer.finish()?;
+            let bytes = writer.into_inner()?;
+            let name = match owner {
+                StateOwner::Operator { task, op } => format!("operator-{task}-{op}.arrow"),
+                StateOwner::Sink => "sink.arrow".to_string(),
+            };
+            manifest.files.push(FileEntry {
+                name: name.clone(),
+                owner,
+                bytes: bytes.len() as u64,
+                xxhash64: checksum(&bytes),
+            });
+            self.store
+                .put(&self.file(id, &name), PutPayload::from(bytes))
+                .await
+                .map_err(store_error)?;
+        }
+        let encoded = manifest.encode()?;
+        self.store
+            .put(&self.file(id, MANIFEST), PutPayload::from(encoded))
+            .await
+            .map_err(store_error)?;
+        Ok(manifest)
+    }
+
+    /// Reads checkpoint `id`, checking every checksum.
+    ///
+    /// # Errors
+    /// When it has no manifest, a file is missing, or a checksum does not match.
+    pub async fn load(&self, id: u64) -> Result<Restored> {
+        let manifest = Manifest::decode(&self.read(&self.file(id, MANIFEST)).await?)?;
+        if manifest.id != id {
+            return Err(Error::Checkpoint(format!(
+                "the manifest of checkpoint {id} says it is checkpoint {}",
+                manifest.id
+            )));
+        }
+        let mut operators = BTreeMap::new();
+        let mut sink_state = Vec::new();
+        for file in &manifest.files {
+            let bytes = self.read(&self.file(id, &file.name)).await?;
+            if bytes.len() as u64 != file.bytes || checksum(&bytes) != file.xxhash64 {
+                return Err(Error::Checkpoint(format!(
+                    "state file '{}' of checkpoint {id} fails its checksum",
+                    file.name
+                )));
+            }
+            let reader = FileReader::try_new(Cursor::new(bytes), None)?;
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+            match file.owner {
+                StateOwner::Operator { task, op } => {
+                    if let Some(b) = batches.into_iter().next() {
+                        operators.insert((task, op), b);
+                    }
+                }
+                StateOwner::Sink => sink_state = batches,
+            }
+        }
+        Ok(Restored {
+            manifest,
+            operators,
+            sink_state,
+        })
+    }
+
+    async fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        let got = self.store.get(path).await.map_err(store_error)?;
+        Ok(got.bytes().await.map_err(store_error)?.to_vec())
+    }
+
+    /// The newest checkpoint that loads with every checksum intact. Newer ones that do
+    /// not (incomplete, or corrupted) are skipped with a warning.
+    ///
+    /// # Errors
+    /// When the store cannot be listed.
+    pub async fn load_latest(&self) -> Result<Option<Restored>> {
+        for id in self.ids().await?.into_iter().rev() {
+            match self.load(id).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(e) => tracing::warn!(
+                    checkpoints = %self.root,
+                    checkpoint = id,
+                    error = %e,
+                    "skipping a checkpoint that is incomplete or damaged; trying the one before"
+                ),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The manifests of the complete checkpoints, oldest first.
+    ///
+    /// # Errors
+    /// When the store cannot be listed.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for id in self.ids().await? {
+            if let Ok(bytes) = self.read(&self.file(id, MANIFEST)).await
+                && let Ok(m) = Manifest::decode(&bytes)
+            {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every checkpoint older than the `keep` newest complete ones up to `newest`.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn retain(&self, keep: usize, newest: u64) -> Result<()> {
+        let ids = self.ids().await?;
+        let upto: Vec<u64> = ids.iter().copied().filter(|i| *i <= newest).collect();
+        let Some(&cutoff) = upto
+            .len()
+            .checked_sub(keep.max(1))
+            .and_then(|i| upto.get(i))
+        else {
+            return Ok(());
+        };
+        self.delete_where(|id| id < cutoff).await
+    }
+
+    /// Deletes every checkpoint (the pipeline was dropped).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn delete_all(&self) -> Result<()> {
+        self.delete_where(|_| true).await
+    }
+
+    async fn delete_where(&self, doomed: impl Fn(u64) -> bool) -> Result<()> {
+        let files: Vec<object_store::ObjectMeta> = self
+            .files()
+            .await?
+            .into_iter()
+            .filter(|m| {
+                m.location
+                    .filename()
+                    .and_then(Self::id_of)
+                    .is_some_and(&doomed)
+            })
+            .collect();
+        // Manifests go first, so that a half-deleted checkpoint never looks complete.
+        let (manifests, rest): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|m| m.location.filename().is_some_and(|n| n.ends_with(MANIFEST)));
+        for meta in manifests.into_iter().chain(rest) {
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Ok(())
+    }
+}
