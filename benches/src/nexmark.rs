@@ -27,6 +27,11 @@ struct Args {
     /// Runs of each query; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Instead of the queries: the cost of checkpoints. A windowed aggregation over
+    /// `--events` Nexmark events goes to a Parquet sink, alternately without checkpoints and
+    /// with a checkpoint every this many seconds.
+    #[arg(long)]
+    checkpoint_every: Option<f64>,
 }
 
 struct Query {
@@ -100,7 +105,72 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(bench(args))
 }
 
+/// Throughput of one sink pipeline, with or without checkpoints, and how many checkpoints
+/// it completed.
+async fn sink_run(
+    events: u64,
+    checkpoints: Option<std::time::Duration>,
+) -> anyhow::Result<(f64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let mut session = Session::new();
+    if let Some(interval) = checkpoints {
+        let root = dir.path().join("data");
+        session.enable_checkpoints(sluice_engine::checkpoint::CheckpointConfig::for_root(
+            &root.to_string_lossy(),
+            interval,
+            3,
+        )?);
+    }
+    let script = format!(
+        "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark', table = 'bid', events = {events}, seed = 1);
+         CREATE SINK out WITH (connector = 'parquet', path = '{}') AS
+         SELECT auction % 1000 AS k, window_start, window_end, count(*) AS n, sum(price) AS total, max(price) AS top
+         FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         GROUP BY auction % 1000, window_start, window_end",
+        dir.path().join("out").display()
+    );
+    let start = Instant::now();
+    session.execute_script(&script).await?;
+    session.wait_bounded().await?;
+    let secs = start.elapsed().as_secs_f64();
+    let completed = session
+        .pipelines()
+        .iter()
+        .filter_map(|p| p.checkpoints.as_ref())
+        .map(|m| m.completed.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    Ok((events as f64 * 0.92 / secs, completed))
+}
+
+async fn checkpoint_bench(args: &Args, every: f64) -> anyhow::Result<()> {
+    let interval = std::time::Duration::from_secs_f64(every);
+    println!(
+        "checkpoint cost: HOP(2 s, 10 s) over 1000 keys into Parquet, {} events, one core, median of {} runs each",
+        args.events, args.repeat
+    );
+    let (mut off, mut on, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.repeat.max(1) {
+        off.push(sink_run(args.events, None).await?.0);
+        let (rate, completed) = sink_run(args.events, Some(interval)).await?;
+        on.push(rate);
+        taken.push(completed);
+    }
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!("{:<40} {:>14.0} bids/s", "without checkpoints", off);
+    println!(
+        "{:<40} {:>14.0} bids/s  ({:?} checkpoints per run, incl. the last)",
+        format!("checkpoint every {every} s"),
+        on,
+        taken
+    );
+    println!("overhead: {:.1}%", (1.0 - on / off) * 100.0);
+    Ok(())
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
+    if let Some(every) = args.checkpoint_every {
+        return checkpoint_bench(&args, every).await;
+    }
     let dir = tempfile::tempdir()?;
     let nexmark = format!(
         "CREATE SOURCE bids (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark', table = 'bid', events = {}, seed = 1)",

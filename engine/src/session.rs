@@ -418,8 +418,34 @@ impl Session {
                 kind,
                 name,
                 if_exists,
-            } => self.drop_object(*kind, name, *if_exists),
+            } => {
+                let pipeline_kind = matches!(kind, ObjectKind::Sink | ObjectKind::MaterializedView);
+                let exists = match kind {
+                    ObjectKind::Sink => self.catalog.sinks.contains_key(name),
+                    ObjectKind::MaterializedView => {
+                        self.catalog.materialized_views.contains_key(name)
+                    }
+                    _ => false,
+                };
+                if exists {
+                    // Let the pipeline end (its last checkpoint included) before its
+                    // checkpoints go, so that nothing is left for a new object of that name.
+                    for p in self.pipelines.iter().filter(|p| p.name == *name) {
+                        p.stop();
+                        let _ = p.wait().await;
+                    }
+                }
+                let out = self.drop_object(*kind, name, *if_exists)?;
+                if pipeline_kind {
+                    self.finished_restored.remove(name);
+                    if let Some(config) = &self.checkpoints {
+                        config.store_for(name).delete_all().await?;
+                    }
+                }
+                Ok(out)
+            }
             Statement::Show(kind) => self.show(*kind),
+            Statement::ShowCheckpoints => self.show_checkpoints().await,
             Statement::Describe(name) => self.describe(name),
             Statement::Explain(query) => {
                 let plan = Planner::new(&self.catalog).plan_view_query(query).await?;
@@ -627,6 +653,50 @@ impl Session {
         } else {
             format!("{kind} '{name}' does not exist")
         }))
+    }
+
+    /// `SHOW CHECKPOINTS`: every complete checkpoint of every sink and materialized view.
+    async fn show_checkpoints(&self) -> Result<StatementOutput> {
+        let mut rows = Vec::new();
+        if let Some(config) = &self.checkpoints {
+            let mut names: Vec<&String> = self.catalog.sinks.keys().collect();
+            names.extend(self.catalog.materialized_views.keys());
+            names.sort();
+            for name in names {
+                for m in config.store_for(name).manifests().await? {
+                    let completed = i64::try_from(m.completed_unix_ms)
+                        .ok()
+                        .and_then(datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                        .unwrap_or_default();
+                    let kind = match (m.last, m.stopped) {
+                        (false, _) => "periodic",
+                        (true, true) => "last (stopped)",
+                        (true, false) => "last (input ended)",
+                    };
+                    rows.push(vec![
+                        name.clone(),
+                        m.id.to_string(),
+                        completed,
+                        m.duration_ms.to_string(),
+                        m.state_bytes().to_string(),
+                        kind.to_string(),
+                    ]);
+                }
+            }
+        }
+        let (schema, batches) = text_batch(
+            &[
+                "pipeline",
+                "checkpoint",
+                "completed_at",
+                "duration_ms",
+                "state_bytes",
+                "kind",
+            ],
+            rows,
+        )?;
+        Ok(StatementOutput::Rows { schema, batches })
     }
 
     fn status_text(&self, name: &str) -> String {

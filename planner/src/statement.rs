@@ -105,6 +105,8 @@ pub enum Statement {
     },
     /// `SHOW SOURCES|SINKS|VIEWS|MATERIALIZED VIEWS`
     Show(ObjectKind),
+    /// `SHOW CHECKPOINTS`: the complete checkpoints of every pipeline.
+    ShowCheckpoints,
     /// `DESCRIBE name`
     Describe(String),
     /// `EXPLAIN query`
@@ -449,6 +451,12 @@ fn parse_drop(parser: &mut Parser) -> Result<Statement> {
 
 fn parse_show(parser: &mut Parser) -> Result<Statement> {
     expect_word(parser, "SHOW")?;
+    if let Token::Word(w) = &parser.peek_token().token
+        && w.value.eq_ignore_ascii_case("CHECKPOINTS")
+    {
+        parser.next_token();
+        return Ok(Statement::ShowCheckpoints);
+    }
     Ok(Statement::Show(parse_object_kind(parser, true)?))
 }
 

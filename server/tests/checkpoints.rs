@@ -178,11 +178,11 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut finished = false;
     while kills < 12 {
         let mut child = sluice_run(dir.path(), &script, &[]);
-        // xorshift: a kill between 150 ms and 1.2 s after the start.
+        // xorshift: a kill between 150 ms and 1 s after the start.
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let wait = Duration::from_millis(150 + seed % 1050);
+        let wait = Duration::from_millis(150 + seed % 850);
         let started = Instant::now();
         while started.elapsed() < wait {
             if child.try_wait().unwrap().is_some() {

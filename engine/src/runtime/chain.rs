@@ -350,4 +350,55 @@ mod tests {
             "the silent input went idle and the watermark advanced"
         );
     }
+
+    #[tokio::test]
+    async fn a_barrier_is_aligned_across_inputs() {
+        use crate::operators::test_util::batch;
+        let b = |v: &'static str| batch("k:i64", &[v]);
+        let schema = b("1").schema();
+        let (a_tx, a_rx) = mpsc::channel(8);
+        let (b_tx, b_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let union = Box::new(UnionOperator::new(schema));
+        let task = tokio::spawn(run_chain(
+            vec![union],
+            vec![a_rx, b_rx],
+            vec![None, None],
+            vec![out_tx],
+            Some(ChainCheckpoints {
+                task: 3,
+                acks: ack_tx,
+            }),
+        ));
+        let barrier = Barrier { id: 1, last: false };
+        a_tx.send(Message::Batch(b("1"))).await.unwrap();
+        a_tx.send(Message::Barrier(barrier)).await.unwrap();
+        // After its barrier, input A is held back until B's barrier arrives.
+        a_tx.send(Message::Batch(b("2"))).await.unwrap();
+        a_tx.send(Message::End).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b_tx.send(Message::Batch(b("3"))).await.unwrap();
+        b_tx.send(Message::Barrier(barrier)).await.unwrap();
+        b_tx.send(Message::End).await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(m) = out_rx.recv().await {
+            seen.push(match m {
+                Message::Batch(batch) => crate::operators::test_util::pretty(vec![batch]).join(";"),
+                Message::Barrier(b) => format!("barrier {}", b.id),
+                Message::Watermark(w) => format!("watermark {w}"),
+                Message::End => "end".to_string(),
+            });
+        }
+        assert_eq!(seen, vec!["1", "3", "barrier 1", "2", "end"]);
+        match ack_rx.recv().await {
+            Some(Ack::Chain {
+                id: 1,
+                task: 3,
+                states,
+            }) => assert_eq!(states.len(), 1),
+            other => panic!("expected the chain's snapshot, got {other:?}"),
+        }
+        task.await.unwrap().unwrap();
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::Stream;
 use sluice_engine::{Pipeline, PipelineStatus, Session, StatementOutput};
@@ -48,6 +49,19 @@ fn pipeline_info(p: &Pipeline) -> pb::Pipeline {
                 i64::MAX
             } else {
                 m.watermark / 1_000_000
+            }
+        }),
+        checkpoints: p.checkpoints.as_ref().map(|c| {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            pb::CheckpointStats {
+                completed: load(&c.completed),
+                failed: load(&c.failed),
+                last_id: load(&c.last_id),
+                last_duration_ms: load(&c.last_duration_ms),
+                last_bytes: load(&c.last_bytes),
+                last_age_ms: c.age_ms(),
+                restored_from: load(&c.restored_id),
+                restore_ms: load(&c.restore_ms),
             }
         }),
     }
