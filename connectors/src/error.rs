@@ -31,6 +31,14 @@ pub enum Error {
     /// An object store failed (external: may succeed on retry).
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    /// A broker, database or other service failed (external: may succeed on retry).
+    #[error("{service}: {message}")]
+    Service {
+        /// The service: "kafka", "mqtt", "nats", "postgres".
+        service: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// Local I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -68,11 +76,19 @@ impl Error {
         }
     }
 
+    /// Shorthand for a service error.
+    pub fn service(service: &'static str, message: impl std::fmt::Display) -> Self {
+        Error::Service {
+            service,
+            message: message.to_string(),
+        }
+    }
+
     /// Who caused this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Option { .. } | Error::Input(_) | Error::BadRecord { .. } => ErrorKind::User,
-            Error::ObjectStore(_) | Error::Io(_) => ErrorKind::External,
+            Error::ObjectStore(_) | Error::Io(_) | Error::Service { .. } => ErrorKind::External,
             Error::Arrow(_) | Error::Parquet(_) | Error::DataFusion(_) | Error::Internal(_) => {
                 ErrorKind::Internal
             }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod file;
 pub mod format;
 pub mod generator;
+pub mod kafka;
 pub mod metrics;
 pub mod nexmark;
 pub mod options;
@@ -29,12 +30,12 @@ pub use error::{Error, ErrorKind, Result};
 pub use metrics::ConnectorMetrics;
 pub use options::Options;
 pub use sink::{Precommit, Sink, SinkConfig, SinkContext};
-pub use source::{Source, SourceConfig, SourceContext};
+pub use source::{Source, SourceConfig, SourceContext, Split};
 
 /// The source connectors this build knows.
-pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark"];
+pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark", "kafka"];
 /// The sink connectors this build knows.
-pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console"];
+pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "kafka"];
 
 /// A source declaration after validation: the connector's config plus the options every
 /// source shares (`batch_size`, `linger`, `idle_timeout`, `on_error`).
@@ -90,6 +91,7 @@ pub async fn source_decl(
         "file" => Arc::new(file::FileSourceConfig::try_new(options, declared).await?),
         "generator" => Arc::new(generator::GeneratorConfig::try_new(options, declared)?),
         "nexmark" => Arc::new(nexmark::NexmarkConfig::try_new(options, declared)?),
+        "kafka" => Arc::new(kafka::KafkaSourceConfig::try_new(options, declared)?),
         other => {
             return Err(Error::Option {
                 connector: other.to_string(),
@@ -118,6 +120,7 @@ pub fn sink_config(connector: &str, options: Options) -> Result<Arc<dyn SinkConf
         "parquet" => Arc::new(parquet::ParquetSinkConfig::try_new(options)?),
         "file" => Arc::new(file::FileSinkConfig::try_new(options)?),
         "console" => Arc::new(console::ConsoleSinkConfig::try_new(options)?),
+        "kafka" => Arc::new(kafka::KafkaSinkConfig::try_new(options)?),
         other => {
             return Err(Error::Option {
                 connector: other.to_string(),

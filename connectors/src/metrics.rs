@@ -1,4 +1,4 @@
-//! Counters a connector keeps and the engine reads: records, bytes, bad records.
+//! Counters a connector keeps and the engine reads: records, bytes, bad records, lag.
 
 use std::sync::atomic::AtomicU64;
 
@@ -11,4 +11,7 @@ pub struct ConnectorMetrics {
     pub bytes: AtomicU64,
     /// Records skipped because they did not parse or fit the schema.
     pub bad_records: AtomicU64,
+    /// Records in the input not read yet (Kafka: high watermark minus position), where the
+    /// connector knows it.
+    pub lag: AtomicU64,
 }

@@ -41,6 +41,10 @@ pub struct SourceContext {
 pub trait Source: Send {
     /// The next batch, or `None` once a bounded input is exhausted.
     ///
+    /// Must be cancel-safe: when the future is dropped before it completes (a stop, a
+    /// checkpoint barrier), no record may be lost, and [`Source::position`] must still
+    /// describe the last batch returned.
+    ///
     /// # Errors
     /// When the input fails, or a record is bad and `on_error = 'fail'`.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
@@ -51,6 +55,22 @@ pub trait Source: Send {
     fn position(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// For a source reading several independently ordered splits (Kafka partitions): the
+    /// split the last batch came from. The engine then keeps a watermark per split and
+    /// takes the minimum over the splits that are not idle.
+    fn split(&self) -> Option<Split> {
+        None
+    }
+}
+
+/// One of several independently ordered parts of a source's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// Which split, from 0.
+    pub index: usize,
+    /// How many splits the source reads.
+    pub count: usize,
 }
 
 /// A validated source declaration.

@@ -6,6 +6,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod message;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -68,6 +68,7 @@ impl SourceTask {
             .as_ref()
             .map_or(never, |c| c.trigger.clone());
         let mut coordinator_alive = true;
+        let mut splits = SplitWatermarks::default();
         loop {
             // `next_batch` is cancel-safe (see `Source`): a stop or a barrier in the middle
             // of it loses no row.
@@ -101,6 +102,10 @@ impl SourceTask {
             let candidate = match &self.watermark {
                 Some(spec) => watermark_candidate(spec, &batch)?,
                 None => None,
+            };
+            let candidate = match source.split() {
+                Some(split) => splits.advance(split, candidate, self.decl.idle_timeout),
+                None => candidate,
             };
             let batch = match &self.projection {
                 Some(p) => batch.project(p)?,
@@ -183,6 +188,60 @@ impl SourceTask {
     }
 }
 
+/// Watermarks per split (Kafka partition): the source's watermark is the minimum over the
+/// splits that are not idle, so a partition behind the others holds it back and one that
+/// stays silent while the others go on stops doing so after the idle timeout. When the
+/// whole source was silent (no new data anywhere), no split counts as idle: the first one
+/// to get data again must not run ahead of the others.
+#[derive(Debug, Default)]
+struct SplitWatermarks {
+    /// Per split: its watermark and when it last had rows.
+    splits: Vec<(Option<i64>, tokio::time::Instant)>,
+    /// When any split last had rows.
+    last_any: Option<tokio::time::Instant>,
+}
+
+/// How long a split without rows holds back the watermark when the source sets no
+/// `idle_timeout`.
+const DEFAULT_SPLIT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl SplitWatermarks {
+    /// Records a batch of `split` allowing `candidate`, and returns the source's watermark.
+    fn advance(
+        &mut self,
+        split: sluice_connectors::Split,
+        candidate: Option<i64>,
+        idle: Option<std::time::Duration>,
+    ) -> Option<i64> {
+        let now = tokio::time::Instant::now();
+        let idle = idle.unwrap_or(DEFAULT_SPLIT_IDLE);
+        if self.splits.len() < split.count {
+            self.splits.resize(split.count, (None, now));
+        }
+        if self.last_any.is_some_and(|t| now.duration_since(t) >= idle) {
+            for s in &mut self.splits {
+                s.1 = now;
+            }
+        }
+        self.last_any = Some(now);
+        if let Some(s) = self.splits.get_mut(split.index) {
+            s.0 = s.0.max(candidate);
+            s.1 = now;
+        }
+        let active: Vec<Option<i64>> = self
+            .splits
+            .iter()
+            .filter(|(_, seen)| now.duration_since(*seen) < idle)
+            .map(|(w, _)| *w)
+            .collect();
+        // A split that is active but has no event time yet holds everything back.
+        if active.iter().any(Option::is_none) {
+            return None;
+        }
+        active.into_iter().flatten().min()
+    }
+}
+
 /// The watermark a batch allows: the watermark expression over the batch's largest event
 /// time. Evaluating it on one value instead of every row is exact because a watermark
 /// expression (the column minus a delay) never decreases as the column grows.
@@ -205,4 +264,49 @@ fn watermark_candidate(spec: &WatermarkSpec, batch: &RecordBatch) -> Result<Opti
             Error::Internal("watermark expression is not a nanosecond timestamp".into())
         })?;
     Ok(value.iter().next().flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sluice_connectors::Split;
+
+    use super::SplitWatermarks;
+
+    fn split(index: usize) -> Split {
+        Split { index, count: 2 }
+    }
+
+    #[tokio::test]
+    async fn a_partition_behind_holds_the_watermark_back_until_it_is_idle() {
+        let idle = Some(Duration::from_millis(200));
+        let mut w = SplitWatermarks::default();
+        assert_eq!(
+            w.advance(split(0), Some(100), idle),
+            None,
+            "split 1 has no time yet"
+        );
+        assert_eq!(w.advance(split(1), Some(50), idle), Some(50));
+        assert_eq!(w.advance(split(0), Some(200), idle), Some(50));
+        // Split 1 stays silent while split 0 goes on: past the idle timeout it stops counting.
+        for t in [210, 220, 230] {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            w.advance(split(0), Some(t), idle);
+        }
+        assert_eq!(w.advance(split(0), Some(240), idle), Some(240));
+    }
+
+    #[tokio::test]
+    async fn after_the_whole_source_was_silent_no_partition_runs_ahead() {
+        let idle = Some(Duration::from_millis(100));
+        let mut w = SplitWatermarks::default();
+        w.advance(split(0), Some(100), idle);
+        assert_eq!(w.advance(split(1), Some(50), idle), Some(50));
+        // Nothing anywhere for longer than the idle timeout (a broker outage), then split 0
+        // comes back first: split 1 must still hold the watermark back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(w.advance(split(0), Some(300), idle), Some(50));
+        assert_eq!(w.advance(split(1), Some(290), idle), Some(290));
+    }
 }

@@ -1,0 +1,178 @@
+//! The `kafka` source and sink, on librdkafka through the rdkafka crate (what Arroyo and
+//! RisingWave use): consumer groups, transactions and every broker quirk are handled by the
+//! client the field trusts.
+//!
+//! Options: `bootstrap_servers`, `topic`, `group_id`, `start` = `earliest` | `latest`,
+//! `bounded` = `latest`, `format` (json, csv, raw), `key` (sink), and any librdkafka
+//! setting as `properties.<name>` (`properties.security.protocol = 'SSL'`).
+
+mod sink;
+mod source;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use rdkafka::config::ClientConfig;
+
+use crate::error::{Error, Result};
+use crate::format::message::MessageFormat;
+use crate::options::Options;
+use crate::sink::{Sink, SinkConfig, SinkContext};
+use crate::source::{Source, SourceConfig, SourceContext};
+
+const CONNECTOR: &str = "kafka";
+
+/// Where a source starts when no checkpoint says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Earliest,
+    Latest,
+}
+
+/// The options both directions share.
+#[derive(Debug, Clone)]
+struct Connection {
+    bootstrap: String,
+    topic: String,
+    /// `properties.*` options, passed to librdkafka as they are.
+    properties: Vec<(String, String)>,
+}
+
+impl Connection {
+    fn from_options(options: &mut Options) -> Result<Self> {
+        let bootstrap = options.require_string("bootstrap_servers")?;
+        let topic = options.require_string("topic")?;
+        let properties = options
+            .take_prefixed("properties.")
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("properties.").to_string(), v))
+            .collect();
+        Ok(Self {
+            bootstrap,
+            topic,
+            properties,
+        })
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        // `localhost` may resolve to an IPv6 address a local broker does not listen on.
+        if self.bootstrap.contains("127.0.0.1") {
+            config.set("broker.address.family", "v4");
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+/// A validated `kafka` source.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    connection: Connection,
+    group_id: String,
+    start: Start,
+    bounded: bool,
+    format: MessageFormat,
+    schema: SchemaRef,
+}
+
+impl KafkaSourceConfig {
+    /// Validates the options of a `kafka` source with its declared columns.
+    ///
+    /// # Errors
+    /// An [`Error::Option`] naming a missing, unknown or ill-typed option.
+    pub fn try_new(mut options: Options, declared: Option<SchemaRef>) -> Result<Self> {
+        let connection = Connection::from_options(&mut options)?;
+        let group_id = options
+            .take_string("group_id")
+            .unwrap_or_else(|| format!("sluice-{}", connection.topic));
+        let start = match options
+            .take_choice("start", &["earliest", "latest"])?
+            .as_deref()
+        {
+            Some("latest") => Start::Latest,
+            _ => Start::Earliest,
+        };
+        let bounded = options.take_choice("bounded", &["latest"])?.is_some();
+        let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
+        let schema = format.schema(CONNECTOR, declared)?;
+        // Build the decoder once now, so that a column the format cannot decode is a
+        // CREATE-time error.
+        format.decoder(&schema)?;
+        options.finish()?;
+        Ok(Self {
+            connection,
+            group_id,
+            start,
+            bounded,
+            format,
+            schema,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceConfig for KafkaSourceConfig {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn is_bounded(&self) -> bool {
+        self.bounded
+    }
+
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+        Ok(Box::new(
+            source::KafkaSource::open(self.clone(), ctx).await?,
+        ))
+    }
+}
+
+/// A validated `kafka` sink.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    connection: Connection,
+    format: MessageFormat,
+    key: Vec<String>,
+}
+
+impl KafkaSinkConfig {
+    /// Validates the options of a `kafka` sink.
+    ///
+    /// # Errors
+    /// An [`Error::Option`] naming a missing, unknown or ill-typed option.
+    pub fn try_new(mut options: Options) -> Result<Self> {
+        let connection = Connection::from_options(&mut options)?;
+        let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
+        let key = options
+            .take_string("key")
+            .map(|k| {
+                k.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        options.finish()?;
+        Ok(Self {
+            connection,
+            format,
+            key,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl SinkConfig for KafkaSinkConfig {
+    async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(sink::KafkaSink::try_new(self, &schema, ctx)?))
+    }
+}
+
+/// A Kafka client error as a connector error: the broker's side (external).
+fn kafka_error(e: rdkafka::error::KafkaError) -> Error {
+    Error::service(CONNECTOR, e)
+}

@@ -1,0 +1,146 @@
+//! The running `kafka` sink: one message per row, keyed by the `key` columns if given,
+//! sent without waiting and confirmed in bulk. Every checkpoint (and the end) waits until
+//! the broker acknowledged every message sent before it, so nothing a checkpoint covers is
+//! lost: at-least-once. (Exactly-once through Kafka transactions needs a broker that
+//! supports them; the local test broker, tansu, does not answer EndTxn.)
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::{CONNECTOR, KafkaSinkConfig, kafka_error};
+use crate::error::{Error, Result};
+use crate::format::message::{MessageFormat, encode_keys, encode_rows};
+use crate::metrics::ConnectorMetrics;
+use crate::sink::{Precommit, Sink, SinkContext};
+
+/// Messages in flight before the sink waits for acknowledgements.
+const MAX_IN_FLIGHT: usize = 100_000;
+
+/// A running `kafka` sink.
+pub(super) struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    format: MessageFormat,
+    key_columns: Vec<usize>,
+    in_flight: Vec<DeliveryFuture>,
+    metrics: Arc<ConnectorMetrics>,
+}
+
+impl KafkaSink {
+    /// A sink for batches of `schema`.
+    ///
+    /// # Errors
+    /// When a `key` column is not in `schema`, or the producer cannot be created.
+    pub(super) fn try_new(
+        config: &KafkaSinkConfig,
+        schema: &SchemaRef,
+        ctx: SinkContext,
+    ) -> Result<Self> {
+        let key_columns = config
+            .key
+            .iter()
+            .map(|k| {
+                schema
+                    .fields()
+                    .iter()
+                    .position(|f| f.name().eq_ignore_ascii_case(k))
+                    .ok_or_else(|| {
+                        Error::option(
+                            CONNECTOR,
+                            format!("key column '{k}' is not in the sink's input"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let producer: FutureProducer = config
+            .connection
+            .client_config()
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "300000")
+            .create()
+            .map_err(kafka_error)?;
+        Ok(Self {
+            producer,
+            topic: config.connection.topic.clone(),
+            format: config.format,
+            key_columns,
+            in_flight: Vec::new(),
+            metrics: ctx.metrics,
+        })
+    }
+
+    /// Waits until the broker acknowledged every message sent so far.
+    async fn confirm(&mut self) -> Result<()> {
+        for delivery in self.in_flight.drain(..) {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(kafka_error(e)),
+                Err(_) => {
+                    return Err(Error::service(
+                        CONNECTOR,
+                        "the producer dropped a message before the broker acknowledged it",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let rows = encode_rows(self.format, &batch)?;
+        let keys = encode_keys(&batch, &self.key_columns)?;
+        let mut bytes = 0u64;
+        for (i, payload) in rows.iter().enumerate() {
+            bytes += payload.len() as u64;
+            loop {
+                let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
+                if let Some(k) = keys.as_ref().and_then(|k| k.get(i)) {
+                    record = record.key(k);
+                }
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        self.in_flight.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // The client's queue is full: wait for what is in flight.
+                        self.confirm().await?;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => return Err(kafka_error(e)),
+                }
+            }
+            if self.in_flight.len() >= MAX_IN_FLIGHT {
+                self.confirm().await?;
+            }
+        }
+        self.metrics
+            .records
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.confirm().await?;
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
+            .await
+            .map_err(|e| Error::Internal(format!("kafka flush task failed: {e}")))?
+            .map_err(kafka_error)
+    }
+
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Precommit> {
+        self.confirm().await?;
+        Ok(Precommit::default())
+    }
+}

@@ -1,0 +1,334 @@
+//! The running `kafka` source: one consumer assigned every partition of the topic at the
+//! offsets to resume from (librdkafka fetches the partitions in parallel in its own
+//! threads), messages buffered per partition and handed out as one batch per partition, so
+//! that the engine keeps a watermark per partition.
+//!
+//! Its position is the next offset of every partition, saved by checkpoints and also
+//! committed to the consumer group so that lag tools see it. With `bounded = 'latest'` the
+//! source reads up to the high watermarks of the first start (kept in the position, so a
+//! restart ends at the same offsets) and then ends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{KafkaSourceConfig, Start, kafka_error};
+use crate::error::{Error, Result};
+use crate::format::message::{MessageBuffer, MessageDecoder};
+use crate::source::{Source, SourceContext, Split};
+
+/// How long metadata and offset lookups may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a consumer error before reading again (the client reconnects by itself).
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What a checkpoint keeps: the next offset per partition, and the end of a bounded read.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KafkaPosition {
+    next: BTreeMap<i32, i64>,
+    end: Option<BTreeMap<i32, i64>>,
+}
+
+/// Messages of one partition not handed out yet.
+#[derive(Debug, Default)]
+struct Pending {
+    messages: MessageBuffer,
+    first: i64,
+    last: i64,
+}
+
+/// A running `kafka` source.
+pub(super) struct KafkaSource {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    ctx: SourceContext,
+    /// Partition ids; everything else is indexed like this.
+    partitions: Vec<i32>,
+    /// Next offset to hand out, per partition.
+    next: Vec<i64>,
+    /// Bounded reads end before these offsets.
+    end: Option<Vec<i64>>,
+    pending: Vec<Pending>,
+    /// When the oldest pending message arrived.
+    oldest: Option<Instant>,
+    decoder: MessageDecoder,
+    split: Option<Split>,
+}
+
+impl KafkaSource {
+    /// Connects, looks up the topic's partitions and offsets, and assigns them.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or the topic does not exist.
+    pub(super) async fn open(config: KafkaSourceConfig, ctx: SourceContext) -> Result<Self> {
+        let consumer: StreamConsumer = config
+            .connection
+            .client_config()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_uncommitted")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(kafka_error)?;
+        let consumer = Arc::new(consumer);
+        let topic = config.connection.topic.clone();
+        let partitions = blocking(&consumer, {
+            let topic = topic.clone();
+            move |c| {
+                let md = c
+                    .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+                    .map_err(kafka_error)?;
+                let t = md.topics().iter().find(|t| t.name() == topic);
+                let ids: Vec<i32> = t
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                    .unwrap_or_default();
+                if ids.is_empty() {
+                    return Err(Error::Input(format!(
+                        "kafka topic '{topic}' does not exist or has no partitions"
+                    )));
+                }
+                Ok(ids)
+            }
+        })
+        .await?;
+        let mut partitions = partitions;
+        partitions.sort_unstable();
+        let watermarks = blocking(&consumer, {
+            let (topic, partitions) = (topic.clone(), partitions.clone());
+            move |c| {
+                partitions
+                    .iter()
+                    .map(|&p| {
+                        c.fetch_watermarks(&topic, p, METADATA_TIMEOUT)
+                            .map_err(kafka_error)
+                    })
+                    .collect::<Result<Vec<(i64, i64)>>>()
+            }
+        })
+        .await?;
+        let resume: KafkaPosition = match &ctx.resume {
+            Some(p) => serde_json::from_value(p.clone()).map_err(|e| {
+                Error::Internal(format!("a checkpointed kafka position is unreadable: {e}"))
+            })?,
+            None => KafkaPosition::default(),
+        };
+        let next: Vec<i64> = partitions
+            .iter()
+            .zip(&watermarks)
+            .map(|(p, (low, high))| {
+                resume.next.get(p).copied().unwrap_or(match config.start {
+                    Start::Earliest => *low,
+                    Start::Latest => *high,
+                })
+            })
+            .collect();
+        let end = config.bounded.then(|| {
+            partitions
+                .iter()
+                .zip(&watermarks)
+                .map(|(p, (_, high))| {
+                    resume
+                        .end
+                        .as_ref()
+                        .and_then(|e| e.get(p).copied())
+                        .unwrap_or(*high)
+                })
+                .collect::<Vec<i64>>()
+        });
+        let mut tpl = TopicPartitionList::new();
+        for (i, &p) in partitions.iter().enumerate() {
+            if end.as_ref().is_none_or(|e| next[i] < e[i]) {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(next[i]))
+                    .map_err(kafka_error)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(kafka_error)?;
+        tracing::debug!(
+            topic,
+            partitions = partitions.len(),
+            ?next,
+            ?end,
+            "kafka source assigned"
+        );
+        let decoder = config.format.decoder(&config.schema)?;
+        Ok(Self {
+            pending: partitions.iter().map(|_| Pending::default()).collect(),
+            consumer,
+            topic,
+            ctx,
+            partitions,
+            next,
+            end,
+            oldest: None,
+            decoder,
+            split: None,
+        })
+    }
+
+    /// Whether a bounded read has handed out everything up to its end.
+    fn exhausted(&self) -> bool {
+        self.end.as_ref().is_some_and(|end| {
+            self.next.iter().zip(end).all(|(n, e)| n >= e)
+                && self.pending.iter().all(|p| p.messages.is_empty())
+        })
+    }
+
+    /// The partition whose pending messages should go out now, if any: one that filled a
+    /// batch, reached the end of a bounded read, or waited for `linger`.
+    fn ready(&self) -> Option<usize> {
+        let full = self
+            .pending
+            .iter()
+            .position(|p| p.messages.len() >= self.ctx.batch_size);
+        let at_end = self.end.as_ref().and_then(|end| {
+            self.pending
+                .iter()
+                .zip(end)
+                .position(|(p, e)| !p.messages.is_empty() && p.last + 1 >= *e)
+        });
+        let lingered = self
+            .oldest
+            .filter(|t| t.elapsed() >= self.ctx.linger)
+            .and_then(|_| self.pending.iter().position(|p| !p.messages.is_empty()));
+        full.or(at_end).or(lingered)
+    }
+
+    /// Decodes and hands out the pending messages of partition `i`.
+    fn emit(&mut self, i: usize) -> Result<RecordBatch> {
+        let pending = std::mem::take(&mut self.pending[i]);
+        if self.pending.iter().all(|p| p.messages.is_empty()) {
+            self.oldest = None;
+        } else {
+            self.oldest = Some(Instant::now());
+        }
+        let source = format!("{}[{}]", self.topic, self.partitions[i]);
+        let first = u64::try_from(pending.first).unwrap_or(0);
+        let batch =
+            self.decoder
+                .decode(&pending.messages, &source, first, &self.ctx.bad_records)?;
+        self.next[i] = pending.last + 1;
+        self.split = Some(Split {
+            index: i,
+            count: self.partitions.len(),
+        });
+        let m = &self.ctx.metrics;
+        m.records
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        m.bytes
+            .fetch_add(pending.messages.bytes() as u64, Ordering::Relaxed);
+        Ok(batch)
+    }
+
+    /// Buffers one message.
+    fn accept(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        let Some(i) = self.partitions.iter().position(|p| *p == partition) else {
+            return;
+        };
+        let pending = &mut self.pending[i];
+        let expected = if pending.messages.is_empty() {
+            self.next[i]
+        } else {
+            pending.last + 1
+        };
+        // Below the position: already handed out (a re-delivery after a reconnect).
+        // At or past the end of a bounded read: not part of it.
+        if offset < expected || self.end.as_ref().is_some_and(|e| offset >= e[i]) {
+            return;
+        }
+        if pending.messages.is_empty() {
+            pending.first = offset;
+        }
+        pending.last = offset;
+        pending.messages.push(payload);
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Runs a blocking client call off the async threads.
+async fn blocking<T: Send + 'static>(
+    consumer: &Arc<StreamConsumer>,
+    f: impl FnOnce(&StreamConsumer) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let c = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| Error::Internal(format!("a kafka lookup task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some(i) = self.ready() {
+                let batch = self.emit(i)?;
+                if batch.num_rows() > 0 {
+                    return Ok(Some(batch));
+                }
+                continue;
+            }
+            if self.exhausted() {
+                return Ok(None);
+            }
+            let wait = self
+                .oldest
+                .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
+                .unwrap_or(self.ctx.linger)
+                .max(Duration::from_millis(1));
+            let consumer = Arc::clone(&self.consumer);
+            match tokio::time::timeout(wait, consumer.recv()).await {
+                Err(_) => {}
+                Ok(Ok(msg)) => {
+                    let (partition, offset) = (msg.partition(), msg.offset());
+                    self.accept(partition, offset, msg.payload().unwrap_or_default());
+                }
+                Ok(Err(e)) => {
+                    // librdkafka reconnects by itself; a broker that went away shows up here
+                    // as transport errors until it is back.
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        let next: BTreeMap<i32, i64> = self
+            .partitions
+            .iter()
+            .copied()
+            .zip(self.next.iter().copied())
+            .collect();
+        // Also tell the consumer group, for lag tools (best effort: checkpoints are what
+        // recovery reads).
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &next {
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(topic = %self.topic, error = %e, "kafka offset commit failed");
+        }
+        let end = self.end.as_ref().map(|e| {
+            self.partitions
+                .iter()
+                .copied()
+                .zip(e.iter().copied())
+                .collect()
+        });
+        serde_json::to_value(KafkaPosition { next, end }).ok()
+    }
+
+    fn split(&self) -> Option<Split> {
+        self.split
+    }
+}
