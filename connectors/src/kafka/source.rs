@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -255,6 +256,13 @@ impl KafkaSource {
     }
 }
 
+/// librdkafka reconnects by itself; a broker that went away shows up here as transport
+/// errors until it is back.
+async fn consumer_error(topic: &str, e: &rdkafka::error::KafkaError) {
+    tracing::warn!(topic, error = %e, "kafka consumer error; retrying");
+    tokio::time::sleep(ERROR_BACKOFF).await;
+}
+
 /// Runs a blocking client call off the async threads.
 async fn blocking<T: Send + 'static>(
     consumer: &Arc<StreamConsumer>,
@@ -269,6 +277,8 @@ async fn blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl Source for KafkaSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let consumer = Arc::clone(&self.consumer);
+        let mut stream = consumer.stream();
         loop {
             if let Some(i) = self.ready() {
                 let batch = self.emit(i)?;
@@ -280,24 +290,38 @@ impl Source for KafkaSource {
             if self.exhausted() {
                 return Ok(None);
             }
+            // Take what the client has fetched already without waiting (no timer per
+            // message), up to a batch.
+            let mut taken = 0;
+            while taken < self.ctx.batch_size {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(msg))) => {
+                        let (partition, offset) = (msg.partition(), msg.offset());
+                        self.accept(partition, offset, msg.payload().unwrap_or_default());
+                        taken += 1;
+                    }
+                    Some(Some(Err(e))) => {
+                        consumer_error(&self.topic, &e).await;
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
+            if taken > 0 {
+                continue;
+            }
             let wait = self
                 .oldest
                 .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
                 .unwrap_or(self.ctx.linger)
                 .max(Duration::from_millis(1));
-            let consumer = Arc::clone(&self.consumer);
-            match tokio::time::timeout(wait, consumer.recv()).await {
-                Err(_) => {}
-                Ok(Ok(msg)) => {
+            match tokio::time::timeout(wait, stream.next()).await {
+                Err(_) | Ok(None) => {}
+                Ok(Some(Ok(msg))) => {
                     let (partition, offset) = (msg.partition(), msg.offset());
                     self.accept(partition, offset, msg.payload().unwrap_or_default());
                 }
-                Ok(Err(e)) => {
-                    // librdkafka reconnects by itself; a broker that went away shows up here
-                    // as transport errors until it is back.
-                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
-                    tokio::time::sleep(ERROR_BACKOFF).await;
-                }
+                Ok(Some(Err(e))) => consumer_error(&self.topic, &e).await,
             }
         }
     }
