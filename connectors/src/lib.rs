@@ -12,9 +12,11 @@ pub mod format;
 pub mod generator;
 pub mod kafka;
 pub mod metrics;
+pub mod mqtt;
 pub mod nexmark;
 pub mod options;
 pub mod parquet;
+pub mod postgres;
 pub mod schema_map;
 pub mod sink;
 pub mod source;
@@ -33,9 +35,9 @@ pub use sink::{Precommit, Sink, SinkConfig, SinkContext};
 pub use source::{Source, SourceConfig, SourceContext, Split};
 
 /// The source connectors this build knows.
-pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark", "kafka"];
+pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark", "kafka", "mqtt"];
 /// The sink connectors this build knows.
-pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "kafka"];
+pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "kafka", "mqtt", "postgres"];
 
 /// A source declaration after validation: the connector's config plus the options every
 /// source shares (`batch_size`, `linger`, `idle_timeout`, `on_error`).
@@ -92,6 +94,7 @@ pub async fn source_decl(
         "generator" => Arc::new(generator::GeneratorConfig::try_new(options, declared)?),
         "nexmark" => Arc::new(nexmark::NexmarkConfig::try_new(options, declared)?),
         "kafka" => Arc::new(kafka::KafkaSourceConfig::try_new(options, declared)?),
+        "mqtt" => Arc::new(mqtt::MqttSourceConfig::try_new(options, declared)?),
         other => {
             return Err(Error::Option {
                 connector: other.to_string(),
@@ -121,6 +124,8 @@ pub fn sink_config(connector: &str, options: Options) -> Result<Arc<dyn SinkConf
         "file" => Arc::new(file::FileSinkConfig::try_new(options)?),
         "console" => Arc::new(console::ConsoleSinkConfig::try_new(options)?),
         "kafka" => Arc::new(kafka::KafkaSinkConfig::try_new(options)?),
+        "mqtt" => Arc::new(mqtt::MqttSinkConfig::try_new(options)?),
+        "postgres" => Arc::new(postgres::PostgresSinkConfig::try_new(options)?),
         other => {
             return Err(Error::Option {
                 connector: other.to_string(),

@@ -308,9 +308,16 @@ impl Session {
                     SinkInput::Query(q) => q.clone(),
                     SinkInput::Relation(r) => select_all(&r.to_string())?,
                 };
-                let plan = Planner::new(&self.catalog).plan_query(&query).await?;
                 let (connector, options) = options_of("sink", name, options)?;
                 let config = sluice_connectors::sink_config(&connector, options)?;
+                // A sink that upserts by key (postgres with primary_key) takes updating
+                // queries; append-only sinks reject them when they are planned.
+                let planner = Planner::new(&self.catalog);
+                let plan = if config.append_only() {
+                    planner.plan_query(&query).await?
+                } else {
+                    planner.plan_view_query(&query).await?
+                };
                 let schema = plan.schema();
                 let recovery = self.recover(name, Some(&config)).await?;
                 if recovery.as_ref().is_some_and(Checkpointing::finished) {
