@@ -13,6 +13,7 @@ pub mod generator;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
+pub mod nats;
 pub mod nexmark;
 pub mod options;
 pub mod parquet;
@@ -35,9 +36,11 @@ pub use sink::{Precommit, Sink, SinkConfig, SinkContext};
 pub use source::{Source, SourceConfig, SourceContext, Split};
 
 /// The source connectors this build knows.
-pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark", "kafka", "mqtt"];
+pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark", "kafka", "mqtt", "nats"];
 /// The sink connectors this build knows.
-pub const SINK_CONNECTORS: &[&str] = &["parquet", "file", "console", "kafka", "mqtt", "postgres"];
+pub const SINK_CONNECTORS: &[&str] = &[
+    "parquet", "file", "console", "kafka", "mqtt", "nats", "postgres",
+];
 
 /// A source declaration after validation: the connector's config plus the options every
 /// source shares (`batch_size`, `linger`, `idle_timeout`, `on_error`).
@@ -95,6 +98,7 @@ pub async fn source_decl(
         "nexmark" => Arc::new(nexmark::NexmarkConfig::try_new(options, declared)?),
         "kafka" => Arc::new(kafka::KafkaSourceConfig::try_new(options, declared)?),
         "mqtt" => Arc::new(mqtt::MqttSourceConfig::try_new(options, declared)?),
+        "nats" => Arc::new(nats::NatsSourceConfig::try_new(options, declared)?),
         other => {
             return Err(Error::Option {
                 connector: other.to_string(),
@@ -125,6 +129,7 @@ pub fn sink_config(connector: &str, options: Options) -> Result<Arc<dyn SinkConf
         "console" => Arc::new(console::ConsoleSinkConfig::try_new(options)?),
         "kafka" => Arc::new(kafka::KafkaSinkConfig::try_new(options)?),
         "mqtt" => Arc::new(mqtt::MqttSinkConfig::try_new(options)?),
+        "nats" => Arc::new(nats::NatsSinkConfig::try_new(options)?),
         "postgres" => Arc::new(postgres::PostgresSinkConfig::try_new(options)?),
         other => {
             return Err(Error::Option {

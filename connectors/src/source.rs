@@ -34,6 +34,9 @@ pub struct SourceContext {
     /// A position from [`Source::position`] saved by a checkpoint: the source resumes right
     /// after it instead of from the beginning.
     pub resume: Option<serde_json::Value>,
+    /// Whether the pipeline checkpoints: a source that acknowledges its input waits for
+    /// [`Source::checkpoint_complete`] instead of acknowledging as it reads.
+    pub checkpointing: bool,
 }
 
 /// A running source: a stream of batches in the config's schema.
@@ -54,6 +57,19 @@ pub trait Source: Send {
     /// after that batch. `None` means the source cannot resume and starts over.
     fn position(&self) -> Option<serde_json::Value> {
         None
+    }
+
+    /// Checkpoint `checkpoint`'s barrier goes out now, right after the last batch returned
+    /// (called just before [`Source::position`]).
+    fn on_barrier(&mut self, _checkpoint: u64) {}
+
+    /// Checkpoint `checkpoint` is complete (its manifest is written): a source that
+    /// acknowledges its input (NATS JetStream) does so for everything before that barrier.
+    ///
+    /// # Errors
+    /// When the acknowledgement cannot be sent.
+    async fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
     }
 
     /// For a source reading several independently ordered splits (Kafka partitions): the

@@ -338,6 +338,7 @@ mod tests {
             metrics: Arc::clone(&metrics),
             bad_records: Arc::new(BadRecords::new(OnError::Skip, metrics)),
             resume: None,
+            checkpointing: false,
         }
     }
 

@@ -75,6 +75,7 @@ pub(crate) fn test_context(batch_size: usize) -> crate::source::SourceContext {
         bad_records: Arc::new(BadRecords::new(OnError::Skip, Arc::clone(&metrics))),
         metrics,
         resume: None,
+        checkpointing: false,
     }
 }
 

@@ -68,6 +68,8 @@ pub(crate) struct Coordinator {
     pub source_tasks: usize,
     pub chain_tasks: usize,
     pub trigger: watch::Sender<Barrier>,
+    /// The newest complete checkpoint, for sources that acknowledge their input.
+    pub completed: watch::Sender<u64>,
     pub acks: mpsc::UnboundedReceiver<Ack>,
     pub next_id: u64,
     pub metrics: Arc<CheckpointMetrics>,
@@ -223,6 +225,7 @@ impl Coordinator {
                 sink.commit(id, p).await?;
             }
         }
+        self.completed.send_replace(id);
         let m = &self.metrics;
         m.completed.fetch_add(1, Ordering::Relaxed);
         m.last_id.store(id, Ordering::Relaxed);

@@ -267,6 +267,7 @@ impl Pipeline {
             .count();
         let chain_tasks = tasks.len() - source_tasks;
         let (trigger_tx, trigger_rx) = watch::channel(Barrier { id: 0, last: false });
+        let (completed_tx, completed_rx) = watch::channel(0u64);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
         let last_sent = checkpointing
             .as_ref()
@@ -337,6 +338,7 @@ impl Pipeline {
                             connector_metrics,
                         )),
                         resume: saved.and_then(|s| s.position.clone()),
+                        checkpointing: checkpointing.is_some(),
                     };
                     let task = SourceTask {
                         decl: binding.decl.clone(),
@@ -349,6 +351,7 @@ impl Pipeline {
                         checkpoints: checkpointing.as_ref().map(|_| SourceCheckpoints {
                             task: t,
                             trigger: trigger_rx.clone(),
+                            completed: completed_rx.clone(),
                             acks: ack_tx.clone(),
                             last_sent,
                             watermark: saved.map_or(crate::message::WATERMARK_MIN, |s| s.watermark),
@@ -392,6 +395,7 @@ impl Pipeline {
                 source_tasks,
                 chain_tasks,
                 trigger: trigger_tx,
+                completed: completed_tx,
                 acks: ack_rx,
                 next_id: c.next_id,
                 metrics: c.metrics,

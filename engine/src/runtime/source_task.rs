@@ -42,6 +42,8 @@ pub(crate) struct SourceCheckpoints {
     pub task: usize,
     /// The newest checkpoint the coordinator asked for.
     pub trigger: watch::Receiver<Barrier>,
+    /// The newest complete checkpoint.
+    pub completed: watch::Receiver<u64>,
     /// Where acknowledgements go.
     pub acks: mpsc::UnboundedSender<Ack>,
     /// The last barrier this task sent (the restored checkpoint's number after a restart).
@@ -68,6 +70,11 @@ impl SourceTask {
             .as_ref()
             .map_or(never, |c| c.trigger.clone());
         let mut coordinator_alive = true;
+        let (_never_done_tx, never_done) = watch::channel(0u64);
+        let mut completed = self
+            .checkpoints
+            .as_ref()
+            .map_or(never_done, |c| c.completed.clone());
         let mut splits = SplitWatermarks::default();
         loop {
             // `next_batch` is cancel-safe (see `Source`): a stop or a barrier in the middle
@@ -84,9 +91,17 @@ impl SourceTask {
                 changed = trigger.changed(), if coordinator_alive => {
                     if changed.is_ok() {
                         let wanted = *trigger.borrow_and_update();
-                        self.barriers(source.position(), wanted, watermark).await?;
+                        let due = self.prepare_barriers(source.as_mut(), wanted, watermark);
+                        self.send_barriers(due).await?;
                     } else {
                         coordinator_alive = false;
+                    }
+                    continue;
+                }
+                changed = completed.changed(), if coordinator_alive => {
+                    if changed.is_ok() {
+                        let id = *completed.borrow_and_update();
+                        source.checkpoint_complete(id).await?;
                     }
                     continue;
                 }
@@ -132,11 +147,25 @@ impl SourceTask {
         if let Some(c) = &self.checkpoints {
             // Wait for the last checkpoint, answering every barrier until then.
             let _ = c.acks.send(Ack::SourceDone { stopped });
+            let mut last = None;
             while trigger.changed().await.is_ok() {
                 let wanted = *trigger.borrow_and_update();
-                self.barriers(source.position(), wanted, watermark).await?;
+                let due = self.prepare_barriers(source.as_mut(), wanted, watermark);
+                self.send_barriers(due).await?;
                 if wanted.last {
+                    last = Some(wanted.id);
                     break;
+                }
+            }
+            // Acknowledge the input the last checkpoint covers before ending the stream.
+            if let Some(last) = last {
+                while *completed.borrow_and_update() < last {
+                    if completed.changed().await.is_err() {
+                        break;
+                    }
+                }
+                if *completed.borrow() >= last {
+                    source.checkpoint_complete(last).await?;
                 }
             }
         }
@@ -155,16 +184,16 @@ impl SourceTask {
         Ok(())
     }
 
-    /// Sends every barrier up to `wanted` not sent yet (a trigger may have been replaced
-    /// by a newer one before this task saw it) and acknowledges each with the position.
-    async fn barriers(
+    /// Every barrier up to `wanted` not sent yet (a trigger may have been replaced by a
+    /// newer one before this task saw it), each acknowledged with the source's position.
+    fn prepare_barriers(
         &mut self,
-        position: Option<serde_json::Value>,
+        source: &mut dyn Source,
         wanted: Barrier,
         watermark: Watermark,
-    ) -> Result<()> {
+    ) -> Vec<Barrier> {
         let Some(c) = self.checkpoints.as_mut() else {
-            return Ok(());
+            return Vec::new();
         };
         let mut due = Vec::new();
         while c.last_sent < wanted.id {
@@ -173,14 +202,19 @@ impl SourceTask {
                 id: c.last_sent,
                 last: wanted.last && c.last_sent == wanted.id,
             };
+            source.on_barrier(barrier.id);
             due.push(barrier);
             let _ = c.acks.send(Ack::Source {
                 id: barrier.id,
                 task: c.task,
-                position: position.clone(),
+                position: source.position(),
                 watermark,
             });
         }
+        due
+    }
+
+    async fn send_barriers(&self, due: Vec<Barrier>) -> Result<()> {
         for barrier in due {
             self.send(Message::Barrier(barrier)).await?;
         }
