@@ -46,17 +46,20 @@ impl Pacer {
 
     /// Waits until a batch of `rows` more rows is due. Returns at once without a rate, or
     /// when the source has fallen behind.
+    ///
+    /// Cancel-safe: the rows count as handed out only once the wait is over, so a caller
+    /// that gives up on the wait (a stop, a checkpoint barrier) and asks again for the same
+    /// rows is not made to wait for them twice.
     pub(crate) async fn pace(&mut self, rows: usize) {
         let Some(rate) = self.rate else { return };
         let start = *self.start.get_or_insert_with(Instant::now);
         let last_row = self.emitted.saturating_add(rows as u64).saturating_sub(1);
-        self.emitted = self.emitted.saturating_add(rows as u64);
-        let Ok(offset) = Duration::try_from_secs_f64(last_row as f64 / rate as f64) else {
-            return;
-        };
-        if let Some(due) = start.checked_add(offset) {
+        if let Ok(offset) = Duration::try_from_secs_f64(last_row as f64 / rate as f64)
+            && let Some(due) = start.checked_add(offset)
+        {
             tokio::time::sleep_until(due).await;
         }
+        self.emitted = self.emitted.saturating_add(rows as u64);
     }
 }
 
@@ -102,6 +105,24 @@ mod tests {
         // rows 0..30 at 100 rows/s: the last (row 29) is due 0.29 s after the start.
         assert!(
             started.elapsed() >= Duration::from_millis(280),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_wait_is_not_paid_twice() {
+        // A source's batch is interrupted by checkpoint barriers again and again; the rows it
+        // finally hands out must still come at the rate, not later with every interruption.
+        let mut pacer = Pacer::new(Some(100));
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            let _ = tokio::time::timeout(Duration::from_millis(20), pacer.pace(10)).await;
+        }
+        pacer.pace(10).await;
+        // Rows 0..10 are due at 0.09 s whatever the interruptions.
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
             "{:?}",
             started.elapsed()
         );
