@@ -22,6 +22,7 @@ pub mod schema_map;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,15 @@ pub use sink::{Precommit, Sink, SinkConfig, SinkContext};
 pub use source::{Source, SourceConfig, SourceContext, Split};
 
 /// The source connectors this build knows.
-pub const SOURCE_CONNECTORS: &[&str] = &["file", "generator", "nexmark", "kafka", "mqtt", "nats"];
+pub const SOURCE_CONNECTORS: &[&str] = &[
+    "file",
+    "generator",
+    "nexmark",
+    "kafka",
+    "mqtt",
+    "nats",
+    "webhook",
+];
 /// The sink connectors this build knows.
 pub const SINK_CONNECTORS: &[&str] = &[
     "parquet", "file", "console", "kafka", "mqtt", "nats", "postgres",
@@ -99,6 +108,7 @@ pub async fn source_decl(
         "kafka" => Arc::new(kafka::KafkaSourceConfig::try_new(options, declared)?),
         "mqtt" => Arc::new(mqtt::MqttSourceConfig::try_new(options, declared)?),
         "nats" => Arc::new(nats::NatsSourceConfig::try_new(options, declared)?),
+        "webhook" => Arc::new(webhook::WebhookSourceConfig::try_new(options, declared)?),
         other => {
             return Err(Error::Option {
                 connector: other.to_string(),

@@ -23,6 +23,8 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(100);
 /// What a running source gets from the engine.
 #[derive(Debug, Clone)]
 pub struct SourceContext {
+    /// The source's name in the catalog.
+    pub name: String,
     /// Cut a batch at this many rows.
     pub batch_size: usize,
     /// Cut a batch after this long, if rows arrive slower than `batch_size` fills.

@@ -416,3 +416,64 @@ async fn a_view_over_an_unbounded_input_keeps_its_rows_across_a_restart() {
     assert!(shown.contains("per_sensor"), "{shown}");
     assert!(server.terminate().success());
 }
+
+/// POSTs `body` to the server's HTTP port; returns the status line.
+fn post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    reply.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn rows_posted_to_a_webhook_source_reach_its_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    execute(
+        &mut client,
+        "CREATE SOURCE events (k VARCHAR, n BIGINT) WITH (connector = 'webhook', linger = '20ms');
+         CREATE MATERIALIZED VIEW totals AS SELECT k, count(*) AS c, sum(n) AS s FROM events GROUP BY k;",
+    )
+    .await
+    .unwrap();
+    let lines: String = (0..100)
+        .map(|i| format!("{{\"k\": \"{}\", \"n\": {i}}}\n", ["a", "b"][i % 2]))
+        .collect();
+    assert!(post(server.http, "/ingest/events", &lines).contains(" 200 "));
+    // A bad line is skipped and counted; the good ones in the same body still count.
+    assert!(
+        post(
+            server.http,
+            "/ingest/events",
+            "{\"k\": \"a\", \"n\": 1000}\nnot json\n"
+        )
+        .contains(" 200 ")
+    );
+    assert!(post(server.http, "/ingest/nope", "{}\n").contains(" 404 "));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = text(&mut client, "SELECT k, c, s FROM totals ORDER BY k").await;
+        if t.contains("| a | 51 | 3450 |") && t.contains("| b | 50 | 2500 |") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = client
+        .describe_pipeline(pb::PipelineRequest {
+            name: "totals".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.bad_records, 1);
+    assert!(server.terminate().success());
+}

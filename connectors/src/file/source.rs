@@ -339,6 +339,7 @@ mod tests {
             bad_records: Arc::new(BadRecords::new(OnError::Skip, metrics)),
             resume: None,
             checkpointing: false,
+            name: "test".into(),
         }
     }
 

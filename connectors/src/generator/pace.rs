@@ -79,6 +79,7 @@ pub(crate) fn test_context(batch_size: usize) -> crate::source::SourceContext {
         metrics,
         resume: None,
         checkpointing: false,
+        name: "test".into(),
     }
 }
 

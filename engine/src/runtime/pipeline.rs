@@ -330,6 +330,7 @@ impl Pipeline {
                         m.push(Arc::clone(&connector_metrics));
                     }
                     let ctx = SourceContext {
+                        name: source.clone(),
                         batch_size: binding.decl.batch_size,
                         linger: binding.decl.linger,
                         metrics: Arc::clone(&connector_metrics),

@@ -75,7 +75,9 @@ pub async fn serve(
             Arc::clone(&session),
         )?))
         .serve_with_incoming_shutdown(tokio_stream_of(grpc_listener), wait_for(stop_rx.clone()));
-    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok\n" }));
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route("/ingest/{source}", axum::routing::post(ingest));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(wait_for(stop_rx));
 
     let servers = async {
@@ -135,4 +137,25 @@ fn tokio_stream_of(
         let conn = listener.accept().await.map(|(s, _)| s);
         Some((conn, listener))
     })
+}
+
+/// `POST /ingest/<source>`: hands the body (JSON lines, or the source's format) to the
+/// pipelines reading that webhook source; 200 once they accepted it.
+async fn ingest(
+    axum::extract::Path(source): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    use sluice_connectors::webhook::{IngestError, hub};
+    match hub().ingest(&source, body).await {
+        Ok(n) => (StatusCode::OK, format!("accepted by {n} pipeline(s)\n")),
+        Err(IngestError::NoSuchSource) => (
+            StatusCode::NOT_FOUND,
+            format!("no running pipeline reads a webhook source named '{source}'\n"),
+        ),
+        Err(IngestError::Stopped) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the pipeline reading '{source}' stopped; send again\n"),
+        ),
+    }
 }
