@@ -2,6 +2,9 @@
 //! windowed streaming query must give exactly what DataFusion's batch `GROUP BY` gives over
 //! the same rows (DESIGN.md §3, "bounded runs are deterministic").
 
+// Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;

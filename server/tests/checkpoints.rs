@@ -4,6 +4,9 @@
 //! skipped for the one before it, and a crash between a checkpoint's manifest and its sink
 //! commit is completed by recovery.
 
+// Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! S3-compatible server (moto's server mode, from the test virtualenv). Nothing is mocked;
 //! a test whose service cannot be started fails and says why.
 
+// Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! generated tonic client: DDL, queries over a materialized view, pipelines, Subscribe, error
 //! status codes, and a SIGTERM followed by a restart on the same data dir.
 
+// Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -160,26 +160,24 @@ impl SluiceService for Service {
                 let schema = p.plan.schema();
                 let rx = p.subscribe();
                 let stream = futures::stream::unfold((rx, schema), |(mut rx, schema)| async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok((emitted, batch)) => {
-                                let item = ipc::encode(&schema, std::slice::from_ref(&batch))
-                                    .map(|arrow_ipc| pb::SubscribeResponse {
-                                        arrow_ipc,
-                                        row_count: batch.num_rows() as u64,
-                                        emitted_at_unix_nanos: unix_nanos(emitted),
-                                    })
-                                    .map_err(internal);
-                                return Some((item, (rx, schema)));
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                let e = Status::data_loss(format!(
-                                    "the subscriber fell behind and missed {n} batches"
-                                ));
-                                return Some((Err(e), (rx, schema)));
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    match rx.recv().await {
+                        Ok((emitted, batch)) => {
+                            let item = ipc::encode(&schema, std::slice::from_ref(&batch))
+                                .map(|arrow_ipc| pb::SubscribeResponse {
+                                    arrow_ipc,
+                                    row_count: batch.num_rows() as u64,
+                                    emitted_at_unix_nanos: unix_nanos(emitted),
+                                })
+                                .map_err(internal);
+                            Some((item, (rx, schema)))
                         }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let e = Status::data_loss(format!(
+                                "the subscriber fell behind and missed {n} batches"
+                            ));
+                            Some((Err(e), (rx, schema)))
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
                     }
                 });
                 Ok(Response::new(Box::pin(stream)))
