@@ -2,11 +2,12 @@
 //!
 //! Without checkpoints a finished part file is stored under its final name at once,
 //! `part-<seq>-<unique>.<ext>`. With checkpoints it is first staged as
-//! `.part-<seq>-<unique>.<ext>.pending` (a hidden name that does not end in the format's
-//! extension, so DuckDB, Spark and pyarrow skip it); the checkpoint's pre-commit lists the
-//! staged files, and once the checkpoint is complete the commit renames each to
-//! `part-c<checkpoint>-<seq>-<unique>.<ext>`. The checkpoint number in a committed name lets
-//! recovery remove the files of checkpoints after the one it restores.
+//! `.part-<sink>-<seq>-<unique>.<ext>.pending` (a hidden name that does not end in the
+//! format's extension, so DuckDB, Spark and pyarrow skip it); the checkpoint's pre-commit
+//! lists the staged files, and once the checkpoint is complete the commit renames each to
+//! `part-<sink>-c<checkpoint>-<seq>-<unique>.<ext>`. The checkpoint number in a committed
+//! name lets recovery remove the files of checkpoints after the one it restores, and the
+//! sink's name keeps it from touching another sink's files in the same folder.
 
 use std::sync::Arc;
 
@@ -19,8 +20,19 @@ use crate::error::{Error, Result};
 
 /// The suffix of staged part files.
 const STAGED_SUFFIX: &str = ".pending";
-/// The prefix of committed part files, before the checkpoint number.
-const COMMITTED_PREFIX: &str = "part-c";
+
+/// A sink's name as it appears in file names: no '-', which separates the parts.
+fn tag(sink: &str) -> String {
+    sink.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// One staged file and the name it takes when committed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,17 +51,19 @@ pub(crate) struct PartFiles {
     staged: Vec<(Path, Path, String)>,
     seq: u64,
     unique: String,
+    tag: String,
 }
 
 impl PartFiles {
-    /// Part files for a sink writing to `store`; staged until commit if `two_phase`.
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, two_phase: bool) -> Self {
+    /// Part files for sink `sink` writing to `store`; staged until commit if `two_phase`.
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, two_phase: bool, sink: &str) -> Self {
         Self {
             store,
             two_phase,
             staged: Vec::new(),
             seq: 0,
             unique: unique_suffix(),
+            tag: tag(sink),
         }
     }
 
@@ -67,7 +81,9 @@ impl PartFiles {
         let name = format!("{:05}-{}.{extension}", self.seq, self.unique);
         self.seq += 1;
         let path = if self.two_phase {
-            let path = folder.clone().join(format!(".part-{name}{STAGED_SUFFIX}"));
+            let path = folder
+                .clone()
+                .join(format!(".part-{}-{name}{STAGED_SUFFIX}", self.tag));
             self.staged.push((path.clone(), folder.clone(), name));
             path
         } else {
@@ -86,7 +102,7 @@ impl PartFiles {
             .map(|(from, folder, name)| Rename {
                 from: from.to_string(),
                 to: folder
-                    .join(format!("{COMMITTED_PREFIX}{checkpoint:08}-{name}"))
+                    .join(format!("part-{}-c{checkpoint:08}-{name}", self.tag))
                     .to_string(),
             })
             .collect();
@@ -126,16 +142,19 @@ pub(crate) async fn commit(
     Ok(())
 }
 
-/// Removes, under `root`, every staged file (no complete checkpoint covers it any more)
-/// and every file committed by a checkpoint after `restored`.
+/// Removes, under `root`, every file of sink `sink` that is staged (no complete checkpoint
+/// covers it any more) or committed by a checkpoint after `restored`.
 ///
 /// # Errors
 /// When the store cannot be listed or a file cannot be deleted.
 pub(crate) async fn recover(
     store: &Arc<dyn ObjectStore>,
     root: &Path,
+    sink: &str,
     restored: Option<u64>,
 ) -> Result<()> {
+    let staged_prefix = format!(".part-{}-", tag(sink));
+    let committed_prefix = format!("part-{}-c", tag(sink));
     let listed: Vec<object_store::ObjectMeta> = match store.list(Some(root)).try_collect().await {
         Ok(l) => l,
         Err(object_store::Error::NotFound { .. }) => return Ok(()),
@@ -146,9 +165,9 @@ pub(crate) async fn recover(
         let Some(name) = meta.location.filename() else {
             continue;
         };
-        let stale = if name.starts_with(".part-") && name.ends_with(STAGED_SUFFIX) {
+        let stale = if name.starts_with(&staged_prefix) && name.ends_with(STAGED_SUFFIX) {
             true
-        } else if let Some(rest) = name.strip_prefix(COMMITTED_PREFIX) {
+        } else if let Some(rest) = name.strip_prefix(&committed_prefix) {
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
             match digits.parse::<u64>() {
                 Ok(c) => restored.is_none_or(|r| c > r),
@@ -202,7 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> =
             Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        let mut parts = PartFiles::new(Arc::clone(&store), true);
+        let mut parts = PartFiles::new(Arc::clone(&store), true, "s");
         let root = Path::from("out");
         parts.put(&root, "csv", b"a\n1\n".to_vec()).await.unwrap();
         let out = dir.path().join("out");
@@ -217,7 +236,10 @@ mod tests {
         commit(&store, &pending).await.unwrap();
         let committed = names(&out);
         assert_eq!(committed.len(), 1);
-        assert!(committed[0].starts_with("part-c00000007-"), "{committed:?}");
+        assert!(
+            committed[0].starts_with("part-s-c00000007-"),
+            "{committed:?}"
+        );
         assert!(parts.pre_commit(8).is_none(), "nothing staged since");
     }
 
@@ -227,17 +249,25 @@ mod tests {
         let store: Arc<dyn ObjectStore> =
             Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
         let root = Path::from("out");
-        let mut parts = PartFiles::new(Arc::clone(&store), true);
+        let mut parts = PartFiles::new(Arc::clone(&store), true, "s");
         for checkpoint in 1..=3 {
             parts.put(&root, "csv", b"x\n".to_vec()).await.unwrap();
             let pending = parts.pre_commit(checkpoint).unwrap();
             commit(&store, &pending).await.unwrap();
         }
         parts.put(&root, "csv", b"x\n".to_vec()).await.unwrap();
-        recover(&store, &root, Some(2)).await.unwrap();
+        // Another sink's files in the same folder are not this sink's to remove.
+        let mut other = PartFiles::new(Arc::clone(&store), true, "other");
+        other.put(&root, "csv", b"y\n".to_vec()).await.unwrap();
+        let pending = other.pre_commit(9).unwrap();
+        commit(&store, &pending).await.unwrap();
+        other.put(&root, "csv", b"y\n".to_vec()).await.unwrap();
+        recover(&store, &root, "s", Some(2)).await.unwrap();
         let left = names(&dir.path().join("out"));
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert!(left.iter().all(|n| n.starts_with("part-c0000000")));
-        assert!(!left.iter().any(|n| n.starts_with("part-c00000003")));
+        assert_eq!(left.len(), 4, "{left:?}");
+        let mine: Vec<_> = left.iter().filter(|n| n.contains("part-s-")).collect();
+        assert_eq!(mine.len(), 2, "{left:?}");
+        assert!(mine.iter().all(|n| n.starts_with("part-s-c0000000")));
+        assert!(!left.iter().any(|n| n.starts_with("part-s-c00000003")));
     }
 }

@@ -48,6 +48,8 @@ pub struct Precommit {
 /// What a running sink gets from the engine.
 #[derive(Debug, Clone, Default)]
 pub struct SinkContext {
+    /// The sink's name in the catalog.
+    pub name: String,
     /// Counters the engine reports.
     pub metrics: Arc<ConnectorMetrics>,
     /// Whether checkpoints commit the output: files are staged until
@@ -79,13 +81,13 @@ pub trait SinkConfig: Send + Sync + Debug {
         Ok(())
     }
 
-    /// Called before a pipeline starts from checkpoint `restored` (or from nothing): removes
-    /// staged output no complete checkpoint covers, and output committed by checkpoints
-    /// after `restored`, which the restarted pipeline will write again.
+    /// Called before sink `sink`'s pipeline starts from checkpoint `restored` (or from
+    /// nothing): removes its staged output no complete checkpoint covers, and its output
+    /// committed by checkpoints after `restored`, which the restarted pipeline writes again.
     ///
     /// # Errors
     /// When the destination cannot be listed or cleaned.
-    async fn recover(&self, _restored: Option<u64>) -> Result<()> {
+    async fn recover(&self, _sink: &str, _restored: Option<u64>) -> Result<()> {
         Ok(())
     }
 }

@@ -325,6 +325,7 @@ impl Session {
                     self.finished_restored.insert(name.clone());
                 } else {
                     let ctx = SinkContext {
+                        name: name.clone(),
                         metrics: Arc::new(ConnectorMetrics::default()),
                         two_phase: recovery.is_some(),
                     };
@@ -513,7 +514,7 @@ impl Session {
                     sink.commit(r.manifest.id, pending).await?;
                 }
             }
-            sink.recover(restored.as_ref().map(|r| r.manifest.id))
+            sink.recover(name, restored.as_ref().map(|r| r.manifest.id))
                 .await?;
         }
         let metrics = Arc::new(crate::checkpoint::CheckpointMetrics::default());

@@ -103,6 +103,7 @@ mod tests {
                 SinkContext {
                     metrics: Arc::clone(&metrics),
                     two_phase: false,
+                    name: "test".into(),
                 },
             )
             .await

@@ -114,7 +114,7 @@ impl SinkConfig for FileSinkConfig {
             metrics: ctx.metrics,
             buf: Vec::new(),
             rows: 0,
-            parts: PartFiles::new(Arc::clone(&self.location.store), ctx.two_phase),
+            parts: PartFiles::new(Arc::clone(&self.location.store), ctx.two_phase, &ctx.name),
         }))
     }
 
@@ -122,8 +122,8 @@ impl SinkConfig for FileSinkConfig {
         commit::commit(&self.location.store, pending).await
     }
 
-    async fn recover(&self, restored: Option<u64>) -> Result<()> {
-        commit::recover(&self.location.store, &self.location.prefix, restored).await
+    async fn recover(&self, sink: &str, restored: Option<u64>) -> Result<()> {
+        commit::recover(&self.location.store, &self.location.prefix, sink, restored).await
     }
 }
 
@@ -269,6 +269,7 @@ mod tests {
                 SinkContext {
                     metrics: Arc::clone(&metrics),
                     two_phase: false,
+                    name: "test".into(),
                 },
             )
             .await

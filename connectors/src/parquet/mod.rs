@@ -133,8 +133,8 @@ impl SinkConfig for ParquetSinkConfig {
         crate::commit::commit(&self.location.store, pending).await
     }
 
-    async fn recover(&self, restored: Option<u64>) -> Result<()> {
-        crate::commit::recover(&self.location.store, &self.location.prefix, restored).await
+    async fn recover(&self, sink: &str, restored: Option<u64>) -> Result<()> {
+        crate::commit::recover(&self.location.store, &self.location.prefix, sink, restored).await
     }
 }
 

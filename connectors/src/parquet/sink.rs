@@ -147,7 +147,7 @@ impl ParquetSink {
             data_cols,
             file_schema,
             open: BTreeMap::new(),
-            parts: PartFiles::new(Arc::clone(&config.location.store), ctx.two_phase),
+            parts: PartFiles::new(Arc::clone(&config.location.store), ctx.two_phase, &ctx.name),
             metrics: ctx.metrics,
         })
     }
@@ -408,6 +408,7 @@ mod tests {
                 SinkContext {
                     metrics: Arc::clone(&metrics),
                     two_phase: false,
+                    name: "test".into(),
                 },
             )
             .await

@@ -75,7 +75,13 @@ pub(crate) struct Coordinator {
     pub metrics: Arc<CheckpointMetrics>,
     /// Staged sink output of checkpoints that failed to be written, carried into the next.
     pub carried: Vec<serde_json::Value>,
+    /// Checkpoints that failed in a row; the pipeline fails at [`MAX_FAILURES_IN_A_ROW`].
+    pub failures_in_a_row: u32,
 }
+
+/// Checkpoints that may fail one after another before the pipeline fails: output waits
+/// for a checkpoint, so a store that stays down must not go unnoticed.
+const MAX_FAILURES_IN_A_ROW: u32 = 5;
 
 impl Coordinator {
     /// Runs until the last checkpoint is committed or every task has ended.
@@ -206,9 +212,10 @@ impl Coordinator {
         manifest.duration_ms = u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let written = match self.store.write(manifest, states).await {
             Ok(m) => m,
-            Err(e) if !c.last => {
+            Err(e) if !c.last && self.failures_in_a_row + 1 < MAX_FAILURES_IN_A_ROW => {
                 // The pipeline goes on; the staged output waits for the next checkpoint,
                 // which covers it together with its own.
+                self.failures_in_a_row += 1;
                 self.metrics.failed.fetch_add(1, Ordering::Relaxed);
                 self.carried = pending;
                 tracing::warn!(pipeline = %self.name, checkpoint = id, error = %e, "checkpoint failed; the next one covers its output");
@@ -225,6 +232,7 @@ impl Coordinator {
                 sink.commit(id, p).await?;
             }
         }
+        self.failures_in_a_row = 0;
         self.completed.send_replace(id);
         let m = &self.metrics;
         m.completed.fetch_add(1, Ordering::Relaxed);

@@ -173,20 +173,35 @@ impl CheckpointStore {
         })
     }
 
+    /// A file's bytes. A missing file is a damaged or incomplete checkpoint
+    /// ([`Error::Checkpoint`]); any other failure is the store's ([`Error::Connector`]), which
+    /// must not be mistaken for damage.
     async fn read(&self, path: &Path) -> Result<Vec<u8>> {
-        let got = self.store.get(path).await.map_err(store_error)?;
-        Ok(got.bytes().await.map_err(store_error)?.to_vec())
+        let got = match self.store.get(path).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Checkpoint(format!("'{path}' is missing")));
+            }
+            Err(e) => return Err(sluice_connectors::Error::from(e).into()),
+        };
+        Ok(got
+            .bytes()
+            .await
+            .map_err(sluice_connectors::Error::from)?
+            .to_vec())
     }
 
     /// The newest checkpoint that loads with every checksum intact. Newer ones that do
     /// not (incomplete, or corrupted) are skipped with a warning.
     ///
     /// # Errors
-    /// When the store cannot be listed.
+    /// When the store cannot be listed or read: a store outage is not taken for damage,
+    /// since falling back to an older checkpoint removes the sink output of newer ones.
     pub async fn load_latest(&self) -> Result<Option<Restored>> {
         for id in self.ids().await?.into_iter().rev() {
             match self.load(id).await {
                 Ok(r) => return Ok(Some(r)),
+                Err(e @ Error::Connector(_)) => return Err(e),
                 Err(e) => tracing::warn!(
                     checkpoints = %self.root,
                     checkpoint = id,

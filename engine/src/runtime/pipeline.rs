@@ -401,6 +401,7 @@ impl Pipeline {
                 next_id: c.next_id,
                 metrics: c.metrics,
                 carried: Vec::new(),
+                failures_in_a_row: 0,
             };
             set.spawn(coordinator.run());
         }
