@@ -129,6 +129,9 @@ impl KafkaSource {
             .zip(&watermarks)
             .map(|(p, (low, high))| {
                 resume.next.get(p).copied().unwrap_or(match config.start {
+                    // A partition added since the checkpoint is read from its start: its
+                    // messages came after the position `start` applied to.
+                    _ if ctx.resume.is_some() => *low,
                     Start::Earliest => *low,
                     Start::Latest => *high,
                 })

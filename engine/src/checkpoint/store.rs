@@ -234,8 +234,15 @@ impl CheckpointStore {
     /// # Errors
     /// When the store fails.
     pub async fn retain(&self, keep: usize, newest: u64) -> Result<()> {
-        let ids = self.ids().await?;
-        let upto: Vec<u64> = ids.iter().copied().filter(|i| *i <= newest).collect();
+        let files = self.files().await?;
+        let complete: std::collections::BTreeSet<u64> = files
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .filter(|n| n.ends_with(MANIFEST))
+            .filter_map(Self::id_of)
+            .collect();
+        // Only complete checkpoints count towards `keep`.
+        let upto: Vec<u64> = complete.iter().copied().filter(|i| *i <= newest).collect();
         let Some(&cutoff) = upto
             .len()
             .checked_sub(keep.max(1))
@@ -277,5 +284,77 @@ impl CheckpointStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::manifest::MANIFEST_VERSION;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use object_store::local::LocalFileSystem;
+
+    fn manifest(id: u64) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            id,
+            pipeline: "p".into(),
+            plan: "x".into(),
+            completed_unix_ms: 0,
+            duration_ms: 0,
+            last: false,
+            stopped: false,
+            sources: Vec::new(),
+            files: Vec::new(),
+            sink_pending: Vec::new(),
+            checksum: 0,
+        }
+    }
+
+    fn state(v: i64) -> Vec<(StateOwner, Vec<RecordBatch>)> {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap();
+        vec![(StateOwner::Operator { task: 1, op: 0 }, vec![batch])]
+    }
+
+    #[tokio::test]
+    async fn a_damaged_newest_checkpoint_falls_back_and_retention_counts_complete_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let store = CheckpointStore::new(fs, Path::from("checkpoints/p"));
+        for id in 1..=4 {
+            store
+                .write(manifest(id), state(id as i64 * 10))
+                .await
+                .unwrap();
+        }
+        // Checkpoint 5 died before its manifest: it is not a checkpoint.
+        let partial = dir
+            .path()
+            .join("checkpoints/p/chk-0000000005.operator-1-0.arrow");
+        std::fs::write(&partial, b"half").unwrap();
+        // Damage checkpoint 4's state.
+        let four = dir
+            .path()
+            .join("checkpoints/p/chk-0000000004.operator-1-0.arrow");
+        let mut bytes = std::fs::read(&four).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        std::fs::write(&four, bytes).unwrap();
+        let restored = store.load_latest().await.unwrap().unwrap();
+        assert_eq!(restored.manifest.id, 3);
+        let v = restored.operators[&(1, 0)]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(v, 30);
+        store.retain(2, 4).await.unwrap();
+        assert_eq!(store.ids().await.unwrap(), vec![3, 4, 5]);
+        assert_eq!(store.manifests().await.unwrap().len(), 2);
     }
 }
