@@ -5,7 +5,9 @@
 // Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
+mod common;
+use common::free_port;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,24 +17,6 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::sluice_service_client::SluiceServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
-
-/// A free loopback port, never the same twice in this process: tests run in parallel, and
-/// a port handed to one server could otherwise be handed to another before it binds it.
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
 
 struct Server {
     child: Child,

@@ -197,6 +197,140 @@ impl MessageDecoder {
     }
 }
 
+/// Messages of a message source waiting to become a batch: cut at `batch_size` messages or
+/// `linger` after the first, decoded together. Shared by the sources that receive
+/// messages one by one (MQTT, NATS, webhook); kept in the source, so that a `next_batch`
+/// cancelled while waiting loses nothing.
+#[derive(Debug)]
+pub struct MessageBatcher {
+    decoder: MessageDecoder,
+    /// Where messages come from, for bad-record reports.
+    name: String,
+    pending: MessageBuffer,
+    oldest: Option<std::time::Instant>,
+    received: u64,
+}
+
+impl MessageBatcher {
+    /// A batcher decoding with `decoder`, reporting bad records as `"<name>:<n>"` (`n`
+    /// counts messages from 1).
+    pub fn new(decoder: MessageDecoder, name: String) -> Self {
+        Self {
+            decoder,
+            name,
+            pending: MessageBuffer::default(),
+            oldest: None,
+            received: 0,
+        }
+    }
+
+    /// Adds one message.
+    pub fn push(&mut self, payload: &[u8]) {
+        self.pending.push(payload);
+        self.oldest.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether the waiting messages should go out now: a full batch, or `linger` passed.
+    pub fn due(&self, ctx: &crate::source::SourceContext) -> bool {
+        self.pending.len() >= ctx.batch_size
+            || self
+                .oldest
+                .is_some_and(|t| t.elapsed() >= ctx.linger && !self.pending.is_empty())
+    }
+
+    /// How long to wait for more messages before the waiting ones are due.
+    pub fn wait(&self, ctx: &crate::source::SourceContext) -> std::time::Duration {
+        self.oldest
+            .map(|t| ctx.linger.saturating_sub(t.elapsed()))
+            .unwrap_or(ctx.linger)
+            .max(std::time::Duration::from_millis(1))
+    }
+
+    /// Adds a request body of several records, one per line (blank lines skipped).
+    pub fn push_lines(&mut self, body: &[u8]) {
+        for line in body.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                self.push(line);
+            }
+        }
+    }
+
+    /// The next batch of the messages arriving on `rx`, each one record (or, with
+    /// `lines`, one record per line). Cancel-safe: received messages wait in the batcher.
+    ///
+    /// # Errors
+    /// `closed()` when `rx` ends, or a bad record when `on_error = 'fail'`.
+    pub async fn next_from(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        ctx: &crate::source::SourceContext,
+        lines: bool,
+        closed: impl Fn() -> Error + Send,
+    ) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.due(ctx) {
+                let batch = self.emit(ctx)?;
+                if batch.num_rows() > 0 {
+                    return Ok(Some(batch));
+                }
+                continue;
+            }
+            while self.len() < ctx.batch_size {
+                match rx.try_recv() {
+                    Ok(p) if lines => self.push_lines(&p),
+                    Ok(p) => self.push(&p),
+                    Err(_) => break,
+                }
+            }
+            if self.len() >= ctx.batch_size {
+                continue;
+            }
+            match tokio::time::timeout(self.wait(ctx), rx.recv()).await {
+                Ok(Some(p)) if lines => self.push_lines(&p),
+                Ok(Some(p)) => self.push(&p),
+                Ok(None) => return Err(closed()),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Decodes the waiting messages into a batch (bad records go to the context's
+    /// handler) and counts them in the context's metrics.
+    ///
+    /// # Errors
+    /// A bad record when `on_error = 'fail'`.
+    pub fn emit(&mut self, ctx: &crate::source::SourceContext) -> Result<RecordBatch> {
+        let messages = std::mem::take(&mut self.pending);
+        self.oldest = None;
+        let first = self.received + 1;
+        self.received += messages.len() as u64;
+        let batch = self
+            .decoder
+            .decode(&messages, &self.name, first, &ctx.bad_records)?;
+        let m = &ctx.metrics;
+        m.records.fetch_add(
+            batch.num_rows() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.bytes.fetch_add(
+            messages.bytes() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(batch)
+    }
+}
+
 /// Encodes a batch as one payload per row.
 ///
 /// # Errors

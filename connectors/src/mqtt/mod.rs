@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::format::message::{MessageBuffer, MessageDecoder, MessageFormat, encode_rows};
+use crate::format::message::{MessageBatcher, MessageFormat, encode_rows};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
 use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
@@ -140,11 +140,10 @@ impl SourceConfig for MqttSourceConfig {
         Ok(Box::new(MqttSource {
             rx,
             poller,
-            decoder: self.connection.format.decoder(&self.schema)?,
-            name: format!("mqtt:{}", self.connection.topic),
-            pending: MessageBuffer::default(),
-            oldest: None,
-            received: 0,
+            batcher: MessageBatcher::new(
+                self.connection.format.decoder(&self.schema)?,
+                format!("mqtt:{}", self.connection.topic),
+            ),
             ctx,
         }))
     }
@@ -186,11 +185,7 @@ async fn receive(
 struct MqttSource {
     rx: mpsc::Receiver<Bytes>,
     poller: JoinHandle<()>,
-    decoder: MessageDecoder,
-    name: String,
-    pending: MessageBuffer,
-    oldest: Option<Instant>,
-    received: u64,
+    batcher: MessageBatcher,
     ctx: SourceContext,
 }
 
@@ -200,64 +195,14 @@ impl Drop for MqttSource {
     }
 }
 
-impl MqttSource {
-    fn emit(&mut self) -> Result<RecordBatch> {
-        let messages = std::mem::take(&mut self.pending);
-        self.oldest = None;
-        let first = self.received;
-        self.received += messages.len() as u64;
-        let batch = self
-            .decoder
-            .decode(&messages, &self.name, first, &self.ctx.bad_records)?;
-        let m = &self.ctx.metrics;
-        m.records
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        m.bytes
-            .fetch_add(messages.bytes() as u64, Ordering::Relaxed);
-        Ok(batch)
-    }
-}
-
 #[async_trait::async_trait]
 impl Source for MqttSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        loop {
-            let lingered = self.oldest.is_some_and(|t| t.elapsed() >= self.ctx.linger);
-            if self.pending.len() >= self.ctx.batch_size || (lingered && !self.pending.is_empty()) {
-                let batch = self.emit()?;
-                if batch.num_rows() > 0 {
-                    return Ok(Some(batch));
-                }
-                continue;
-            }
-            while self.pending.len() < self.ctx.batch_size {
-                match self.rx.try_recv() {
-                    Ok(p) => {
-                        self.pending.push(&p);
-                        self.oldest.get_or_insert_with(Instant::now);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if self.pending.len() >= self.ctx.batch_size {
-                continue;
-            }
-            let wait = self
-                .oldest
-                .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
-                .unwrap_or(self.ctx.linger)
-                .max(Duration::from_millis(1));
-            match tokio::time::timeout(wait, self.rx.recv()).await {
-                Ok(Some(p)) => {
-                    self.pending.push(&p);
-                    self.oldest.get_or_insert_with(Instant::now);
-                }
-                Ok(None) => {
-                    return Err(Error::service(CONNECTOR, "the mqtt client stopped"));
-                }
-                Err(_) => {}
-            }
-        }
+        self.batcher
+            .next_from(&mut self.rx, &self.ctx, false, || {
+                Error::service(CONNECTOR, "the mqtt client stopped")
+            })
+            .await
     }
 }
 

@@ -21,10 +21,9 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::{FutureExt, StreamExt};
-use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::format::message::{MessageBuffer, MessageDecoder, MessageFormat, encode_rows};
+use crate::format::message::{MessageBatcher, MessageFormat, encode_rows};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
 use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
@@ -170,14 +169,13 @@ impl SourceConfig for NatsSourceConfig {
         };
         Ok(Box::new(NatsSource {
             input,
-            decoder: self.connection.format.decoder(&self.schema)?,
-            name: format!("nats:{}", self.connection.subject),
-            pending: MessageBuffer::default(),
+            batcher: MessageBatcher::new(
+                self.connection.format.decoder(&self.schema)?,
+                format!("nats:{}", self.connection.subject),
+            ),
             pending_acks: Vec::new(),
             handed_out: Vec::new(),
             by_checkpoint: BTreeMap::new(),
-            oldest: None,
-            received: 0,
             ctx,
         }))
     }
@@ -186,17 +184,13 @@ impl SourceConfig for NatsSourceConfig {
 /// A running `nats` source.
 struct NatsSource {
     input: Input,
-    decoder: MessageDecoder,
-    name: String,
-    pending: MessageBuffer,
-    /// Acknowledgements of the pending messages.
+    batcher: MessageBatcher,
+    /// Acknowledgements of the messages waiting in the batcher.
     pending_acks: Vec<Acker>,
     /// Of messages handed out since the last barrier.
     handed_out: Vec<Acker>,
     /// Of messages before each barrier whose checkpoint is not complete yet.
     by_checkpoint: BTreeMap<u64, Vec<Acker>>,
-    oldest: Option<Instant>,
-    received: u64,
     ctx: SourceContext,
 }
 
@@ -239,30 +233,18 @@ impl NatsSource {
     }
 
     fn accept(&mut self, payload: &[u8], acker: Option<Acker>) {
-        self.pending.push(payload);
+        self.batcher.push(payload);
         self.pending_acks.extend(acker);
-        self.oldest.get_or_insert_with(Instant::now);
     }
 
     async fn emit(&mut self) -> Result<RecordBatch> {
-        let messages = std::mem::take(&mut self.pending);
         let acks = std::mem::take(&mut self.pending_acks);
-        self.oldest = None;
-        let first = self.received;
-        self.received += messages.len() as u64;
-        let batch = self
-            .decoder
-            .decode(&messages, &self.name, first, &self.ctx.bad_records)?;
+        let batch = self.batcher.emit(&self.ctx)?;
         if self.ctx.checkpointing {
             self.handed_out.extend(acks);
         } else {
             ack_all(acks).await?;
         }
-        let m = &self.ctx.metrics;
-        m.records
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        m.bytes
-            .fetch_add(messages.bytes() as u64, Ordering::Relaxed);
         Ok(batch)
     }
 }
@@ -278,8 +260,7 @@ async fn ack_all(acks: Vec<Acker>) -> Result<()> {
 impl Source for NatsSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
-            let lingered = self.oldest.is_some_and(|t| t.elapsed() >= self.ctx.linger);
-            if self.pending.len() >= self.ctx.batch_size || (lingered && !self.pending.is_empty()) {
+            if self.batcher.due(&self.ctx) {
                 let batch = self.emit().await?;
                 if batch.num_rows() > 0 {
                     return Ok(Some(batch));
@@ -287,7 +268,7 @@ impl Source for NatsSource {
                 continue;
             }
             let mut taken = 0;
-            while self.pending.len() < self.ctx.batch_size {
+            while self.batcher.len() < self.ctx.batch_size {
                 match self.next_message(None).await? {
                     Some(Some((payload, acker))) => {
                         self.accept(&payload, acker);
@@ -300,12 +281,10 @@ impl Source for NatsSource {
             if taken > 0 {
                 continue;
             }
-            let wait = self
-                .oldest
-                .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
-                .unwrap_or(self.ctx.linger)
-                .max(Duration::from_millis(1));
-            match self.next_message(Some(wait)).await? {
+            match self
+                .next_message(Some(self.batcher.wait(&self.ctx)))
+                .await?
+            {
                 Some(Some((payload, acker))) => self.accept(&payload, acker),
                 Some(None) => {}
                 None => return Err(Error::service(CONNECTOR, "the subscription ended")),

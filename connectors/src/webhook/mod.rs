@@ -11,16 +11,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::format::message::{MessageBuffer, MessageDecoder, MessageFormat};
+use crate::format::message::{MessageBatcher, MessageFormat};
 use crate::options::Options;
 use crate::source::{Source, SourceConfig, SourceContext};
 
@@ -138,10 +136,10 @@ impl SourceConfig for WebhookSourceConfig {
         Ok(Box::new(WebhookSource {
             id,
             rx,
-            decoder: self.format.decoder(&self.schema)?,
-            pending: MessageBuffer::default(),
-            oldest: None,
-            received: 0,
+            batcher: MessageBatcher::new(
+                self.format.decoder(&self.schema)?,
+                format!("webhook:{}", ctx.name),
+            ),
             ctx,
         }))
     }
@@ -151,10 +149,7 @@ impl SourceConfig for WebhookSourceConfig {
 struct WebhookSource {
     id: u64,
     rx: mpsc::Receiver<Bytes>,
-    decoder: MessageDecoder,
-    pending: MessageBuffer,
-    oldest: Option<Instant>,
-    received: u64,
+    batcher: MessageBatcher,
     ctx: SourceContext,
 }
 
@@ -164,65 +159,13 @@ impl Drop for WebhookSource {
     }
 }
 
-impl WebhookSource {
-    fn accept(&mut self, body: &[u8]) {
-        for line in body.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                self.pending.push(line);
-            }
-        }
-        if !self.pending.is_empty() {
-            self.oldest.get_or_insert_with(Instant::now);
-        }
-    }
-
-    fn emit(&mut self) -> Result<RecordBatch> {
-        let messages = std::mem::take(&mut self.pending);
-        self.oldest = None;
-        let first = self.received + 1;
-        self.received += messages.len() as u64;
-        let source = format!("webhook:{}", self.ctx.name);
-        let batch = self
-            .decoder
-            .decode(&messages, &source, first, &self.ctx.bad_records)?;
-        let m = &self.ctx.metrics;
-        m.records
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        m.bytes
-            .fetch_add(messages.bytes() as u64, Ordering::Relaxed);
-        Ok(batch)
-    }
-}
-
 #[async_trait::async_trait]
 impl Source for WebhookSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        loop {
-            let lingered = self.oldest.is_some_and(|t| t.elapsed() >= self.ctx.linger);
-            if self.pending.len() >= self.ctx.batch_size || (lingered && !self.pending.is_empty()) {
-                let batch = self.emit()?;
-                if batch.num_rows() > 0 {
-                    return Ok(Some(batch));
-                }
-                continue;
-            }
-            while let Ok(body) = self.rx.try_recv() {
-                self.accept(&body);
-            }
-            if self.pending.len() >= self.ctx.batch_size {
-                continue;
-            }
-            let wait = self
-                .oldest
-                .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
-                .unwrap_or(self.ctx.linger)
-                .max(Duration::from_millis(1));
-            match tokio::time::timeout(wait, self.rx.recv()).await {
-                Ok(Some(body)) => self.accept(&body),
-                Ok(None) => return Err(Error::Internal("the webhook inbox closed".into())),
-                Err(_) => {}
-            }
-        }
+        self.batcher
+            .next_from(&mut self.rx, &self.ctx, true, || {
+                Error::Internal("the webhook inbox closed".into())
+            })
+            .await
     }
 }

@@ -262,17 +262,16 @@ impl SplitWatermarks {
             s.0 = s.0.max(candidate);
             s.1 = now;
         }
-        let active: Vec<Option<i64>> = self
-            .splits
-            .iter()
-            .filter(|(_, seen)| now.duration_since(*seen) < idle)
-            .map(|(w, _)| *w)
-            .collect();
-        // A split that is active but has no event time yet holds everything back.
-        if active.iter().any(Option::is_none) {
-            return None;
+        // The minimum over active splits; one active without event time yet holds
+        // everything back.
+        let mut min: Option<i64> = None;
+        for (w, seen) in &self.splits {
+            if now.duration_since(*seen) < idle {
+                let w = (*w)?;
+                min = Some(min.map_or(w, |m| m.min(w)));
+            }
         }
-        active.into_iter().flatten().min()
+        min
     }
 }
 
