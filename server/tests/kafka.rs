@@ -492,3 +492,273 @@ async fn a_broker_that_stops_for_ten_seconds_loses_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A schema registry inside the test, serving the two endpoints of the Confluent Schema
+/// Registry's documented REST API that Sluice uses: `GET /schemas/ids/{id}` and
+/// `POST /subjects/{subject}/versions`. No registry server can be installed from this
+/// machine's package registries (Confluent's is a JVM service distributed outside them), so
+/// the test serves those endpoints itself, with the registry's JSON bodies and status codes.
+#[derive(Default)]
+struct Registry {
+    /// Schema `id` is `schemas[id - 1]`.
+    schemas: Vec<String>,
+    subjects: BTreeMap<String, Vec<u32>>,
+    /// How often each id was looked up.
+    lookups: BTreeMap<u32, usize>,
+}
+
+type SharedRegistry = Arc<std::sync::Mutex<Registry>>;
+
+impl Registry {
+    fn register(&mut self, subject: &str, schema: &str) -> u32 {
+        let id = match self.schemas.iter().position(|s| s == schema) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.schemas.push(schema.to_string());
+                self.schemas.len() as u32
+            }
+        };
+        let versions = self.subjects.entry(subject.to_string()).or_default();
+        if !versions.contains(&id) {
+            versions.push(id);
+        }
+        id
+    }
+
+    async fn serve(state: SharedRegistry) -> String {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::http::StatusCode;
+        use axum::routing::{get, post};
+        async fn by_id(
+            State(state): State<SharedRegistry>,
+            UrlPath(id): UrlPath<u32>,
+        ) -> (StatusCode, String) {
+            let mut registry = state.lock().unwrap();
+            *registry.lookups.entry(id).or_default() += 1;
+            match id.checked_sub(1).and_then(|i| registry.schemas.get(i as usize)) {
+                Some(schema) => (
+                    StatusCode::OK,
+                    serde_json::json!({ "schema": schema }).to_string(),
+                ),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({ "error_code": 40403, "message": "Schema not found" })
+                        .to_string(),
+                ),
+            }
+        }
+        async fn register(
+            State(state): State<SharedRegistry>,
+            UrlPath(subject): UrlPath<String>,
+            body: String,
+        ) -> (StatusCode, String) {
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let schema = body["schema"].as_str().unwrap();
+            let id = state.lock().unwrap().register(&subject, schema);
+            (StatusCode::OK, serde_json::json!({ "id": id }).to_string())
+        }
+        let app = axum::Router::new()
+            .route("/schemas/ids/{id}", get(by_id))
+            .route("/subjects/{subject}/versions", post(register))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// Avro's variable-length zig-zag long, written by hand so that the test's messages do not
+/// come from the codec under test.
+fn avro_long(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn read_avro_long(bytes: &[u8], pos: &mut usize) -> i64 {
+    let (mut n, mut shift) = (0u64, 0);
+    loop {
+        let b = bytes[*pos];
+        *pos += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            break;
+        }
+        shift += 7;
+    }
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+const BID_V1: &str = r#"{"type":"record","name":"Bid","namespace":"test","fields":[
+    {"name":"auction","type":"long"},{"name":"price","type":"long"},
+    {"name":"date_time","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+/// A later version: a new field, and the fields in another order.
+const BID_V2: &str = r#"{"type":"record","name":"Bid","namespace":"test","fields":[
+    {"name":"auction","type":"long"},{"name":"bidder","type":"string"},
+    {"name":"date_time","type":{"type":"long","logicalType":"timestamp-millis"}},
+    {"name":"price","type":"long"}]}"#;
+
+/// Bid `i` in the Confluent wire format, written with schema id `v1` or `v2` in runs of 700.
+fn avro_bid(i: u64, v1: u32, v2: u32) -> Vec<u8> {
+    let (auction, price, ms) = bid(i);
+    let mut out = vec![0];
+    if (i / 700) % 2 == 0 {
+        out.extend_from_slice(&v1.to_be_bytes());
+        for v in [auction, price, ms] {
+            avro_long(&mut out, v);
+        }
+    } else {
+        out.extend_from_slice(&v2.to_be_bytes());
+        avro_long(&mut out, auction);
+        let bidder = format!("bidder-{}", i % 13);
+        avro_long(&mut out, bidder.len() as i64);
+        out.extend_from_slice(bidder.as_bytes());
+        avro_long(&mut out, ms);
+        avro_long(&mut out, price);
+    }
+    out
+}
+
+/// Decodes a record of `schema` (longs, timestamps and nullable longs) by hand: field name
+/// to value, NULL as `None`.
+fn decode_avro_record(schema: &serde_json::Value, body: &[u8]) -> BTreeMap<String, Option<i64>> {
+    let mut pos = 0;
+    let mut out = BTreeMap::new();
+    for field in schema["fields"].as_array().unwrap() {
+        let name = field["name"].as_str().unwrap().to_string();
+        let value = match &field["type"] {
+            serde_json::Value::Array(branches) => {
+                let branch = read_avro_long(body, &mut pos) as usize;
+                if branches[branch] == "null" {
+                    None
+                } else {
+                    Some(read_avro_long(body, &mut pos))
+                }
+            }
+            _ => Some(read_avro_long(body, &mut pos)),
+        };
+        out.insert(name, value);
+    }
+    assert_eq!(pos, body.len(), "bytes left over after the record");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
+    let broker = Broker::start();
+    let state = SharedRegistry::default();
+    let registry = Registry::serve(Arc::clone(&state)).await;
+    let (v1, v2) = {
+        let mut r = state.lock().unwrap();
+        (r.register("avro_bids-value", BID_V1), r.register("avro_bids-value", BID_V2))
+    };
+    broker.create_topic("avro_bids", 2).await;
+    broker.create_topic("bid_totals", 1).await;
+
+    // 5,000 bids in two schema versions, and three bad messages among them: not Avro
+    // framing, a truncated record, and a schema id the registry does not know.
+    let total = 5_000u64;
+    let producer = broker.producer();
+    let mut payloads: Vec<(i32, Vec<u8>)> = (0..total)
+        .map(|i| ((bid(i).0 % 2) as i32, avro_bid(i, v1, v2)))
+        .collect();
+    payloads.insert(100, (0, b"not avro".to_vec()));
+    let mut truncated = avro_bid(7, v1, v2);
+    truncated.truncate(7);
+    payloads.insert(2_000, (1, truncated));
+    payloads.insert(3_000, (0, {
+        let mut unknown = avro_bid(9, v1, v2);
+        unknown[1..5].copy_from_slice(&99u32.to_be_bytes());
+        unknown
+    }));
+    let mut pending = Vec::new();
+    for (partition, payload) in &payloads {
+        let record = FutureRecord::<[u8], [u8]>::to("avro_bids")
+            .payload(payload)
+            .partition(*partition);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for d in pending {
+        d.await.unwrap().unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE SOURCE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP,
+                WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+             WITH (connector = 'kafka', bootstrap_servers = '{bootstrap}', topic = 'avro_bids',
+                   format = 'avro', schema_registry = '{registry}', bounded = 'latest');
+             CREATE SINK totals WITH (connector = 'kafka', bootstrap_servers = '{bootstrap}',
+                   topic = 'bid_totals', format = 'avro', schema_registry = '{registry}',
+                   key = 'auction') AS {QUERY};",
+            bootstrap = broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    let mut run = sluice(&["run", script.to_str().unwrap(), "--quiet"], &[]);
+    let out = tokio::task::spawn_blocking(move || run.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The sink registered its schema under the topic's value subject (Confluent's
+    // TopicNameStrategy); each writer schema was looked up once.
+    let (sink_id, sink_schema, lookups) = {
+        let r = state.lock().unwrap();
+        let ids = r.subjects.get("bid_totals-value").cloned().unwrap_or_default();
+        assert_eq!(ids.len(), 1, "subjects: {:?}", r.subjects);
+        let schema: serde_json::Value =
+            serde_json::from_str(&r.schemas[ids[0] as usize - 1]).unwrap();
+        (ids[0], schema, r.lookups.clone())
+    };
+    assert_eq!(
+        lookups,
+        BTreeMap::from([(v1, 1), (v2, 1), (99, 1)]),
+        "registry lookups by id"
+    );
+
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4")
+        .set("group.id", "avro-check")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("bid_totals", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    rdkafka::consumer::Consumer::assign(&consumer, &tpl).unwrap();
+    let want = expected(0..total);
+    let mut got = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() && Instant::now() < deadline {
+        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        use rdkafka::Message;
+        let payload = msg.payload().unwrap();
+        assert_eq!(payload[0], 0, "magic byte");
+        assert_eq!(u32::from_be_bytes(payload[1..5].try_into().unwrap()), sink_id);
+        let row = decode_avro_record(&sink_schema, &payload[5..]);
+        let auction = row["auction"].unwrap();
+        assert_eq!(msg.key(), Some(auction.to_string().as_bytes()), "message key");
+        let window_ms = row["window_start"].unwrap() / 1_000_000;
+        let value = (row["bids"].unwrap(), row["total"].unwrap());
+        assert!(
+            got.insert((auction, window_ms), value).is_none(),
+            "window ({auction}, {window_ms}) written twice"
+        );
+    }
+    assert_eq!(got, want, "schema of the sink: {sink_schema}");
+}

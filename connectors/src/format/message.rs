@@ -1,8 +1,9 @@
 //! Formats of message-based connectors (Kafka, MQTT, NATS), where every message is one
-//! record: `json` (one object), `csv` (one line, no header) or `raw` (the payload as one
-//! VARCHAR column). Decoding works on a [`MessageBuffer`] of many messages at once, so the
-//! vectorised JSON and CSV decoders see whole batches; encoding turns a batch into one
-//! payload per row.
+//! record: `json` (one object), `csv` (one line, no header), `raw` (the payload as one
+//! VARCHAR column) or `avro` (one datum, plain or in the Confluent wire format; see
+//! [`crate::format::avro`]). Decoding works on a [`MessageBuffer`] of many messages at
+//! once, so the vectorised decoders see whole batches; a [`MessageEncoder`] turns a batch
+//! into one payload per row.
 
 use std::sync::Arc;
 
@@ -14,11 +15,12 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::bad_records::BadRecords;
 use crate::error::{Error, Result};
+use crate::format::avro::{AvroDecoder, AvroEncoder, AvroFormat};
 use crate::format::{CsvDecoder, JsonDecoder, RecordDecoder};
 use crate::options::Options;
 
 /// The format of a message connector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum MessageFormat {
     /// One JSON object per message.
     Json,
@@ -29,19 +31,37 @@ pub enum MessageFormat {
     },
     /// The payload as text, in a single VARCHAR column.
     Raw,
+    /// One Avro datum per message.
+    Avro(AvroFormat),
 }
 
 impl MessageFormat {
-    /// Takes `format` (default `json`) and, for CSV, `delimiter` from `options`.
+    /// Takes `format` (default `json`) and, for CSV, `delimiter` from `options`; for Avro,
+    /// `avro_schema`, `schema_registry` and `schema_subject`.
     ///
     /// # Errors
-    /// An unknown format, or a delimiter that is not one character or not for CSV.
+    /// An unknown format, or an option of another format.
     pub fn from_options(connector: &str, options: &mut Options) -> Result<Self> {
         let format = options
-            .take_choice("format", &["json", "csv", "raw"])?
+            .take_choice("format", &["json", "csv", "raw", "avro"])?
             .unwrap_or_else(|| "json".into());
+        if format != "avro" {
+            if let Some(key) = AvroFormat::OPTIONS.iter().find(|k| options.contains(k)) {
+                return Err(Error::option(
+                    connector,
+                    format!("option '{key}' applies to the avro format only, not {format}"),
+                ));
+            }
+        }
         let delimiter = options.take_char("delimiter")?;
         match format.as_str() {
+            "avro" if delimiter.is_some() => Err(Error::option(
+                connector,
+                "option 'delimiter' applies to the csv format only, not avro",
+            )),
+            "avro" => Ok(MessageFormat::Avro(AvroFormat::from_options(
+                connector, options,
+            )?)),
             "csv" => Ok(MessageFormat::Csv {
                 delimiter: delimiter.unwrap_or(b','),
             }),
@@ -69,6 +89,7 @@ impl MessageFormat {
     pub fn schema(&self, connector: &str, declared: Option<SchemaRef>) -> Result<SchemaRef> {
         let declared = declared.filter(|s| !s.fields().is_empty());
         match (self, declared) {
+            (MessageFormat::Avro(avro), declared) => avro.schema(connector, declared),
             (MessageFormat::Raw, None) => Ok(Arc::new(Schema::new(vec![Field::new(
                 "value",
                 DataType::Utf8,
@@ -89,7 +110,7 @@ impl MessageFormat {
                 connector,
                 format!(
                     "format '{}' needs the source's columns declared",
-                    if *f == MessageFormat::Json {
+                    if matches!(f, MessageFormat::Json) {
                         "json"
                     } else {
                         "csv"
@@ -110,7 +131,14 @@ impl MessageFormat {
                 MessageDecoder::Text(Box::new(CsvDecoder::try_new(schema, false, *delimiter)?))
             }
             MessageFormat::Raw => MessageDecoder::Raw(Arc::clone(schema)),
+            MessageFormat::Avro(avro) => MessageDecoder::Avro(Box::new(avro.decoder("avro", schema)?)),
         })
+    }
+
+    /// Whether payloads are binary: kept byte for byte, where a text payload loses its
+    /// trailing newline.
+    pub fn is_binary(&self) -> bool {
+        matches!(self, MessageFormat::Avro(_))
     }
 }
 
@@ -126,9 +154,24 @@ impl MessageBuffer {
     /// payload's own trailing newline is dropped.
     pub fn push(&mut self, payload: &[u8]) {
         let payload = payload.strip_suffix(b"\n").unwrap_or(payload);
+        self.push_binary(payload);
+    }
+
+    /// Appends one binary message as it is.
+    pub fn push_binary(&mut self, payload: &[u8]) {
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len());
         self.data.push(b'\n');
+    }
+
+    /// The messages, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let message = &self.data[start..end];
+            start = end + 1;
+            message
+        })
     }
 
     /// Number of messages.
@@ -160,9 +203,29 @@ pub enum MessageDecoder {
     Text(Box<dyn RecordDecoder>),
     /// The payload as a string.
     Raw(SchemaRef),
+    /// Avro datums.
+    Avro(Box<AvroDecoder>),
 }
 
 impl MessageDecoder {
+    /// Gets ready to decode `messages`: for Avro with a schema registry, looks up the
+    /// writer schemas not seen before. Cancel-safe.
+    ///
+    /// # Errors
+    /// When the registry cannot be reached.
+    pub async fn prepare(&mut self, messages: &MessageBuffer) -> Result<()> {
+        match self {
+            MessageDecoder::Avro(avro) => avro.prepare(messages.iter()).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether payloads go into a [`MessageBuffer`] byte for byte
+    /// ([`MessageBuffer::push_binary`]).
+    pub fn is_binary(&self) -> bool {
+        matches!(self, MessageDecoder::Avro(_))
+    }
+
     /// Decodes every message of `messages`; message `i` is reported as `"<source>:<first + i>"`
     /// when it is bad (for Kafka, `first` is the first message's offset).
     ///
@@ -177,16 +240,11 @@ impl MessageDecoder {
     ) -> Result<RecordBatch> {
         match self {
             MessageDecoder::Text(d) => d.decode(&messages.data, source, first, bad),
+            MessageDecoder::Avro(avro) => avro.decode(messages.iter(), source, first, bad),
             MessageDecoder::Raw(schema) => {
-                let mut start = 0;
                 let values: StringArray = messages
-                    .ends
                     .iter()
-                    .map(|&end| {
-                        let s = String::from_utf8_lossy(&messages.data[start..end]).into_owned();
-                        start = end + 1;
-                        Some(s)
-                    })
+                    .map(|m| Some(String::from_utf8_lossy(m).into_owned()))
                     .collect();
                 Ok(RecordBatch::try_new(
                     Arc::clone(schema),
@@ -226,7 +284,11 @@ impl MessageBatcher {
 
     /// Adds one message.
     pub fn push(&mut self, payload: &[u8]) {
-        self.pending.push(payload);
+        if self.decoder.is_binary() {
+            self.pending.push_binary(payload);
+        } else {
+            self.pending.push(payload);
+        }
         self.oldest.get_or_insert_with(std::time::Instant::now);
     }
 
@@ -280,6 +342,7 @@ impl MessageBatcher {
     ) -> Result<Option<RecordBatch>> {
         loop {
             if self.due(ctx) {
+                self.decoder.prepare(&self.pending).await?;
                 let batch = self.emit(ctx)?;
                 if batch.num_rows() > 0 {
                     return Ok(Some(batch));
@@ -305,8 +368,17 @@ impl MessageBatcher {
         }
     }
 
+    /// Looks up what decoding the waiting messages needs (see [`MessageDecoder::prepare`]).
+    ///
+    /// # Errors
+    /// When the schema registry cannot be reached.
+    pub async fn prepare(&mut self) -> Result<()> {
+        self.decoder.prepare(&self.pending).await
+    }
+
     /// Decodes the waiting messages into a batch (bad records go to the context's
-    /// handler) and counts them in the context's metrics.
+    /// handler) and counts them in the context's metrics. With a schema registry, call
+    /// [`MessageDecoder::prepare`] through [`MessageBatcher::prepare`] first.
     ///
     /// # Errors
     /// A bad record when `on_error = 'fail'`.
@@ -331,12 +403,54 @@ impl MessageBatcher {
     }
 }
 
-/// Encodes a batch as one payload per row.
+/// Encodes batches as one payload per row, in a sink's format.
+#[derive(Debug)]
+pub enum MessageEncoder {
+    /// JSON, CSV or raw text.
+    Text(MessageFormat),
+    /// Avro, with its schema fixed (and registered) when the sink opened.
+    Avro(Box<AvroEncoder>),
+}
+
+impl MessageEncoder {
+    /// An encoder of batches of `schema` in `format`. For Avro with a schema registry, the
+    /// schema is registered under `schema_subject`, or `<topic>-value`.
+    ///
+    /// # Errors
+    /// When the columns cannot be written in the format, or the registry refuses them.
+    pub async fn try_new(format: &MessageFormat, schema: &SchemaRef, topic: &str) -> Result<Self> {
+        match format {
+            MessageFormat::Avro(avro) => Ok(MessageEncoder::Avro(Box::new(
+                avro.encoder(schema, topic).await?,
+            ))),
+            MessageFormat::Raw if schema.fields().len() != 1 => Err(Error::Input(
+                "format 'raw' writes one column; the query has several".into(),
+            )),
+            text => Ok(MessageEncoder::Text(text.clone())),
+        }
+    }
+
+    /// One payload per row of `batch`.
+    ///
+    /// # Errors
+    /// When a value cannot be written in the format.
+    pub fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        match self {
+            MessageEncoder::Text(format) => encode_rows(format, batch),
+            MessageEncoder::Avro(avro) => avro.encode(batch),
+        }
+    }
+}
+
+/// Encodes a batch as one payload per row in a text format.
 ///
 /// # Errors
 /// When a column cannot be written in the format (raw needs a single column).
-pub fn encode_rows(format: MessageFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+fn encode_rows(format: &MessageFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     match format {
+        MessageFormat::Avro(_) => Err(Error::Internal(
+            "avro rows are encoded by a MessageEncoder".into(),
+        )),
         MessageFormat::Json => {
             let mut buf = Vec::new();
             {
@@ -352,6 +466,7 @@ pub fn encode_rows(format: MessageFormat, batch: &RecordBatch) -> Result<Vec<Vec
                 .collect())
         }
         MessageFormat::Csv { delimiter } => {
+            let delimiter = *delimiter;
             let options = FormatOptions::default();
             let formatters = batch
                 .columns()
@@ -405,11 +520,11 @@ pub fn encode_keys(batch: &RecordBatch, key_columns: &[usize]) -> Result<Option<
     match key_columns {
         [] => Ok(None),
         [one] => Ok(Some(encode_rows(
-            MessageFormat::Raw,
+            &MessageFormat::Raw,
             &batch.project(&[*one])?,
         )?)),
         many => Ok(Some(encode_rows(
-            MessageFormat::Json,
+            &MessageFormat::Json,
             &batch.project(many)?,
         )?)),
     }
@@ -439,7 +554,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let rows = encode_rows(MessageFormat::Json, &batch).unwrap();
+        let rows = encode_rows(&MessageFormat::Json, &batch).unwrap();
         assert_eq!(rows.len(), 2);
         let mut buf = MessageBuffer::default();
         for r in &rows {
@@ -465,7 +580,7 @@ mod tests {
         )
         .unwrap();
         let csv = MessageFormat::Csv { delimiter: b',' };
-        let rows = encode_rows(csv, &batch).unwrap();
+        let rows = encode_rows(&csv, &batch).unwrap();
         assert_eq!(rows, vec![b"7,\"x,\"\"y\"\"\"".to_vec()]);
         let mut buf = MessageBuffer::default();
         buf.push(&rows[0]);

@@ -4,9 +4,11 @@
 //! A decoder never fails on a bad record: it hands the record to [`BadRecords`], which skips
 //! and counts it or, with `on_error = 'fail'`, turns it into the error that stops the pipeline.
 
+pub mod avro;
 pub mod csv;
 pub mod json;
 pub mod message;
+pub mod registry;
 
 use std::fmt::Debug;
 use std::sync::Arc;

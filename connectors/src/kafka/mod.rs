@@ -3,8 +3,9 @@
 //! client the field trusts.
 //!
 //! Options: `bootstrap_servers`, `topic`, `group_id`, `start` = `earliest` | `latest`,
-//! `bounded` = `latest`, `format` (json, csv, raw), `key` (sink), and any librdkafka
-//! setting as `properties.<name>` (`properties.security.protocol = 'SSL'`).
+//! `bounded` = `latest`, `format` (json, csv, raw, avro; with `avro_schema`,
+//! `schema_registry` and `schema_subject`), `key` (sink), and any librdkafka setting as
+//! `properties.<name>` (`properties.security.protocol = 'SSL'`).
 
 mod sink;
 mod source;
@@ -168,7 +169,7 @@ impl KafkaSinkConfig {
 #[async_trait::async_trait]
 impl SinkConfig for KafkaSinkConfig {
     async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(sink::KafkaSink::try_new(self, &schema, ctx)?))
+        Ok(Box::new(sink::KafkaSink::try_new(self, &schema, ctx).await?))
     }
 }
 

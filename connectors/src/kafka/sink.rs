@@ -15,7 +15,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{CONNECTOR, KafkaSinkConfig, kafka_error};
 use crate::error::{Error, Result};
-use crate::format::message::{MessageFormat, encode_keys, encode_rows};
+use crate::format::message::{MessageEncoder, encode_keys};
 use crate::metrics::ConnectorMetrics;
 use crate::sink::{Precommit, Sink, SinkContext};
 
@@ -26,7 +26,7 @@ const MAX_IN_FLIGHT: usize = 100_000;
 pub(super) struct KafkaSink {
     producer: FutureProducer,
     topic: String,
-    format: MessageFormat,
+    encoder: MessageEncoder,
     key_columns: Vec<usize>,
     in_flight: Vec<DeliveryFuture>,
     metrics: Arc<ConnectorMetrics>,
@@ -36,8 +36,9 @@ impl KafkaSink {
     /// A sink for batches of `schema`.
     ///
     /// # Errors
-    /// When a `key` column is not in `schema`, or the producer cannot be created.
-    pub(super) fn try_new(
+    /// When a `key` column is not in `schema`, the producer cannot be created, or the
+    /// columns cannot be written in the format.
+    pub(super) async fn try_new(
         config: &KafkaSinkConfig,
         schema: &SchemaRef,
         ctx: SinkContext,
@@ -68,7 +69,8 @@ impl KafkaSink {
         Ok(Self {
             producer,
             topic: config.connection.topic.clone(),
-            format: config.format,
+            encoder: MessageEncoder::try_new(&config.format, schema, &config.connection.topic)
+                .await?,
             key_columns,
             in_flight: Vec::new(),
             metrics: ctx.metrics,
@@ -96,7 +98,7 @@ impl KafkaSink {
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let rows = encode_rows(self.format, &batch)?;
+        let rows = self.encoder.encode(&batch)?;
         let keys = encode_keys(&batch, &self.key_columns)?;
         let mut bytes = 0u64;
         for (i, payload) in rows.iter().enumerate() {

@@ -239,6 +239,7 @@ impl KafkaSource {
         let Some(i) = self.partitions.iter().position(|p| *p == partition) else {
             return;
         };
+        let binary = self.decoder.is_binary();
         let pending = &mut self.pending[i];
         let expected = if pending.messages.is_empty() {
             self.next[i]
@@ -254,7 +255,11 @@ impl KafkaSource {
             pending.first = offset;
         }
         pending.last = offset;
-        pending.messages.push(payload);
+        if binary {
+            pending.messages.push_binary(payload);
+        } else {
+            pending.messages.push(payload);
+        }
         self.oldest.get_or_insert_with(Instant::now);
     }
 }
@@ -284,6 +289,8 @@ impl Source for KafkaSource {
         let mut stream = consumer.stream();
         loop {
             if let Some(i) = self.ready() {
+                // Cancel-safe: a registry lookup only fills the decoder's cache.
+                self.decoder.prepare(&self.pending[i].messages).await?;
                 let batch = self.emit(i)?;
                 if batch.num_rows() > 0 {
                     return Ok(Some(batch));

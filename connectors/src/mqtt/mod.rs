@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::format::message::{MessageBatcher, MessageFormat, encode_rows};
+use crate::format::message::{MessageBatcher, MessageEncoder, MessageFormat};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
 use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
@@ -235,7 +235,7 @@ impl MqttSinkConfig {
 
 #[async_trait::async_trait]
 impl SinkConfig for MqttSinkConfig {
-    async fn open(&self, _schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
+    async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
         let (client, eventloop) = self.connection.client("sink");
         let acked = Arc::new(AtomicU64::new(0));
         let poller = tokio::spawn(acknowledge(
@@ -248,7 +248,8 @@ impl SinkConfig for MqttSinkConfig {
             poller,
             topic: self.connection.topic.clone(),
             qos: self.connection.qos,
-            format: self.connection.format,
+            encoder: MessageEncoder::try_new(&self.connection.format, &schema, &self.connection.topic)
+                .await?,
             published: 0,
             acked,
             metrics: ctx.metrics,
@@ -285,7 +286,7 @@ struct MqttSink {
     poller: JoinHandle<()>,
     topic: String,
     qos: QoS,
-    format: MessageFormat,
+    encoder: MessageEncoder,
     published: u64,
     acked: Arc<AtomicU64>,
     metrics: Arc<ConnectorMetrics>,
@@ -321,7 +322,7 @@ impl MqttSink {
 #[async_trait::async_trait]
 impl Sink for MqttSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let rows = encode_rows(self.format, &batch)?;
+        let rows = self.encoder.encode(&batch)?;
         let mut bytes = 0u64;
         for payload in rows {
             bytes += payload.len() as u64;

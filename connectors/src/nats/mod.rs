@@ -23,7 +23,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::format::message::{MessageBatcher, MessageFormat, encode_rows};
+use crate::format::message::{MessageBatcher, MessageEncoder, MessageFormat};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
 use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
@@ -338,7 +338,7 @@ impl NatsSinkConfig {
 
 #[async_trait::async_trait]
 impl SinkConfig for NatsSinkConfig {
-    async fn open(&self, _schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
+    async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
         let client = self.connection.connect().await?;
         let js = match &self.connection.stream {
             Some(stream) => Some(self.connection.jetstream(client.clone(), stream).await?.0),
@@ -348,7 +348,12 @@ impl SinkConfig for NatsSinkConfig {
             client,
             js,
             subject: self.connection.subject.clone(),
-            format: self.connection.format,
+            encoder: MessageEncoder::try_new(
+                &self.connection.format,
+                &schema,
+                &self.connection.subject,
+            )
+            .await?,
             in_flight: Vec::new(),
             metrics: ctx.metrics,
         }))
@@ -360,7 +365,7 @@ struct NatsSink {
     client: async_nats::Client,
     js: Option<jetstream::Context>,
     subject: String,
-    format: MessageFormat,
+    encoder: MessageEncoder,
     in_flight: Vec<jetstream::context::PublishAckFuture>,
     metrics: Arc<ConnectorMetrics>,
 }
@@ -381,7 +386,7 @@ impl NatsSink {
 #[async_trait::async_trait]
 impl Sink for NatsSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let rows = encode_rows(self.format, &batch)?;
+        let rows = self.encoder.encode(&batch)?;
         let mut bytes = 0u64;
         for payload in rows {
             bytes += payload.len() as u64;

@@ -114,6 +114,12 @@ impl WebhookSourceConfig {
     /// An [`Error::Option`] naming an unknown or ill-typed option.
     pub fn try_new(mut options: Options, declared: Option<SchemaRef>) -> Result<Self> {
         let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
+        if format.is_binary() {
+            return Err(Error::option(
+                CONNECTOR,
+                "a webhook takes text records, one per line: format json, csv or raw",
+            ));
+        }
         let schema = format.schema(CONNECTOR, declared)?;
         format.decoder(&schema)?;
         options.finish()?;
