@@ -80,6 +80,13 @@ pub trait Source: Send {
     fn split(&self) -> Option<Split> {
         None
     }
+
+    /// Whether split `index` has input waiting that the source has not returned yet (Kafka:
+    /// a partition below its high watermark). Such a split is behind, not idle: it keeps
+    /// holding the watermark back however long the others keep the source busy.
+    fn split_has_backlog(&self, _index: usize) -> bool {
+        false
+    }
 }
 
 /// One of several independently ordered parts of a source's input.

@@ -55,12 +55,18 @@ impl Connection {
         })
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// The client's settings: Sluice's `tunables`, then the user's `properties.*`, which
+    /// may change them. Settings the connector's guarantees rest on are set by the caller
+    /// afterwards, so that no property overrides them.
+    fn client_config(&self, tunables: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
         // `localhost` may resolve to an IPv6 address a local broker does not listen on.
         if self.bootstrap.contains("127.0.0.1") {
             config.set("broker.address.family", "v4");
+        }
+        for (k, v) in tunables {
+            config.set(*k, *v);
         }
         for (k, v) in &self.properties {
             config.set(k, v);

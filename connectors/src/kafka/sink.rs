@@ -61,9 +61,7 @@ impl KafkaSink {
             .collect::<Result<Vec<_>>>()?;
         let producer: FutureProducer = config
             .connection
-            .client_config()
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "300000")
+            .client_config(&[("linger.ms", "5"), ("message.timeout.ms", "300000")])
             .create()
             .map_err(kafka_error)?;
         Ok(Self {

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::statistics::Statistics;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 use super::{KafkaSourceConfig, Start, kafka_error};
 use crate::error::{Error, Result};
 use crate::format::message::{MessageBuffer, MessageDecoder};
+use crate::metrics::ConnectorMetrics;
 use crate::source::{Source, SourceContext, Split};
 
 /// How long metadata and offset lookups may take.
@@ -38,6 +41,45 @@ struct KafkaPosition {
     end: Option<BTreeMap<i32, i64>>,
 }
 
+/// Per partition, how many messages wait in the broker beyond what the source has read.
+type Lags = Arc<std::sync::Mutex<BTreeMap<i32, i64>>>;
+
+/// The consumer's context: reads the source's lag, per partition and in all, off
+/// librdkafka's statistics.
+pub(super) struct LagContext {
+    topic: String,
+    metrics: Arc<ConnectorMetrics>,
+    lags: Lags,
+}
+
+impl ClientContext for LagContext {
+    /// Every `statistics.interval.ms`: the lag is the sum over the topic's partitions of
+    /// the high watermark minus the position the source has read to.
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            if let Ok(mut lags) = self.lags.lock() {
+                for p in topic.partitions.values() {
+                    if p.partition >= 0 && p.consumer_lag >= 0 {
+                        lags.insert(p.partition, p.consumer_lag);
+                    }
+                }
+            }
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.metrics.set_lag(u64::try_from(lag).unwrap_or(0));
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// The source's consumer.
+type KafkaConsumer = StreamConsumer<LagContext>;
+
 /// Messages of one partition not handed out yet.
 #[derive(Debug, Default)]
 struct Pending {
@@ -48,7 +90,7 @@ struct Pending {
 
 /// A running `kafka` source.
 pub(super) struct KafkaSource {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<KafkaConsumer>,
     topic: String,
     ctx: SourceContext,
     /// Partition ids; everything else is indexed like this.
@@ -62,6 +104,8 @@ pub(super) struct KafkaSource {
     oldest: Option<Instant>,
     decoder: MessageDecoder,
     split: Option<Split>,
+    /// Messages waiting in the broker per partition, from the statistics.
+    lags: Lags,
 }
 
 impl KafkaSource {
@@ -70,17 +114,28 @@ impl KafkaSource {
     /// # Errors
     /// When the broker cannot be reached or the topic does not exist.
     pub(super) async fn open(config: KafkaSourceConfig, ctx: SourceContext) -> Result<Self> {
-        let consumer: StreamConsumer = config
+        let lags = Lags::default();
+        let consumer: KafkaConsumer = config
             .connection
-            .client_config()
+            .client_config(&[
+                ("fetch.wait.max.ms", "50"),
+                // One partition's fetch carries up to 8 MiB (librdkafka's default is 1 MiB),
+                // so that a fast reader of one partition waits on fewer round trips.
+                ("max.partition.fetch.bytes", "8388608"),
+                // Statistics once a second, for the lag metric.
+                ("statistics.interval.ms", "1000"),
+            ])
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_uncommitted")
-            .set("fetch.wait.max.ms", "50")
-            .create()
+            .create_with_context(LagContext {
+                topic: config.connection.topic.clone(),
+                metrics: Arc::clone(&ctx.metrics),
+                lags: Arc::clone(&lags),
+            })
             .map_err(kafka_error)?;
         let consumer = Arc::new(consumer);
         let topic = config.connection.topic.clone();
@@ -150,6 +205,11 @@ impl KafkaSource {
                 })
                 .collect::<Vec<i64>>()
         });
+        if let Ok(mut lags) = lags.lock() {
+            for ((p, (_, high)), next) in partitions.iter().zip(&watermarks).zip(&next) {
+                lags.insert(*p, high - next);
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         for (i, &p) in partitions.iter().enumerate() {
             if end.as_ref().is_none_or(|e| next[i] < e[i]) {
@@ -177,6 +237,7 @@ impl KafkaSource {
             oldest: None,
             decoder,
             split: None,
+            lags,
         })
     }
 
@@ -273,8 +334,8 @@ async fn consumer_error(topic: &str, e: &rdkafka::error::KafkaError) {
 
 /// Runs a blocking client call off the async threads.
 async fn blocking<T: Send + 'static>(
-    consumer: &Arc<StreamConsumer>,
-    f: impl FnOnce(&StreamConsumer) -> Result<T> + Send + 'static,
+    consumer: &Arc<KafkaConsumer>,
+    f: impl FnOnce(&KafkaConsumer) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let c = Arc::clone(consumer);
     tokio::task::spawn_blocking(move || f(&c))
@@ -364,5 +425,26 @@ impl Source for KafkaSource {
 
     fn split(&self) -> Option<Split> {
         self.split
+    }
+
+    /// A partition has a backlog while messages wait in its buffer, or below its end
+    /// (bounded), or in the broker by the last statistics (at most a second old).
+    fn split_has_backlog(&self, index: usize) -> bool {
+        let (Some(pending), Some(&next)) = (self.pending.get(index), self.next.get(index)) else {
+            return false;
+        };
+        if !pending.messages.is_empty() {
+            return true;
+        }
+        match &self.end {
+            Some(end) => end.get(index).is_some_and(|&e| next < e),
+            None => self.partitions.get(index).is_some_and(|p| {
+                self.lags
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.get(p).copied())
+                    .is_some_and(|lag| lag > 0)
+            }),
+        }
     }
 }

@@ -119,7 +119,9 @@ impl SourceTask {
                 None => None,
             };
             let candidate = match source.split() {
-                Some(split) => splits.advance(split, candidate, self.decl.idle_timeout),
+                Some(split) => splits.advance(split, candidate, self.decl.idle_timeout, |i| {
+                    source.split_has_backlog(i)
+                }),
                 None => candidate,
             };
             let batch = match &self.projection {
@@ -224,9 +226,10 @@ impl SourceTask {
 
 /// Watermarks per split (Kafka partition): the source's watermark is the minimum over the
 /// splits that are not idle, so a partition behind the others holds it back and one that
-/// stays silent while the others go on stops doing so after the idle timeout. When the
-/// whole source was silent (no new data anywhere), no split counts as idle: the first one
-/// to get data again must not run ahead of the others.
+/// stays silent while the others go on stops doing so after the idle timeout, unless the
+/// source knows it has input waiting (a backlog: it is behind, not idle). When the whole
+/// source was silent (no new data anywhere), no split counts as idle: the first one to get
+/// data again must not run ahead of the others.
 #[derive(Debug, Default)]
 struct SplitWatermarks {
     /// Per split: its watermark and when it last had rows.
@@ -246,6 +249,7 @@ impl SplitWatermarks {
         split: sluice_connectors::Split,
         candidate: Option<i64>,
         idle: Option<std::time::Duration>,
+        has_backlog: impl Fn(usize) -> bool,
     ) -> Option<i64> {
         let now = tokio::time::Instant::now();
         let idle = idle.unwrap_or(DEFAULT_SPLIT_IDLE);
@@ -265,8 +269,8 @@ impl SplitWatermarks {
         // The minimum over active splits; one active without event time yet holds
         // everything back.
         let mut min: Option<i64> = None;
-        for (w, seen) in &self.splits {
-            if now.duration_since(*seen) < idle {
+        for (i, (w, seen)) in self.splits.iter().enumerate() {
+            if now.duration_since(*seen) < idle || has_backlog(i) {
                 let w = (*w)?;
                 min = Some(min.map_or(w, |m| m.min(w)));
             }
@@ -311,35 +315,57 @@ mod tests {
         Split { index, count: 2 }
     }
 
+    fn no_backlog(_: usize) -> bool {
+        false
+    }
+
+    /// A partition with input waiting is behind, not idle, however long another partition
+    /// keeps the source busy. (The bug: a Kafka partition whose messages sat behind more
+    /// than 5 s of another partition's in the client's queue was taken for idle, the
+    /// watermark passed its rows, and they were dropped as late.)
+    #[tokio::test]
+    async fn a_partition_with_a_backlog_is_never_idle() {
+        let idle = Some(Duration::from_millis(100));
+        let mut w = SplitWatermarks::default();
+        w.advance(split(0), Some(100), idle, |_| true);
+        assert_eq!(w.advance(split(1), Some(50), idle, |_| true), Some(50));
+        for t in [200, 300, 400] {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert_eq!(w.advance(split(0), Some(t), idle, |i| i == 1), Some(50));
+        }
+        // Once it has caught up and stays silent, it is idle.
+        assert_eq!(w.advance(split(0), Some(500), idle, no_backlog), Some(500));
+    }
+
     #[tokio::test]
     async fn a_partition_behind_holds_the_watermark_back_until_it_is_idle() {
         let idle = Some(Duration::from_millis(200));
         let mut w = SplitWatermarks::default();
         assert_eq!(
-            w.advance(split(0), Some(100), idle),
+            w.advance(split(0), Some(100), idle, no_backlog),
             None,
             "split 1 has no time yet"
         );
-        assert_eq!(w.advance(split(1), Some(50), idle), Some(50));
-        assert_eq!(w.advance(split(0), Some(200), idle), Some(50));
+        assert_eq!(w.advance(split(1), Some(50), idle, no_backlog), Some(50));
+        assert_eq!(w.advance(split(0), Some(200), idle, no_backlog), Some(50));
         // Split 1 stays silent while split 0 goes on: past the idle timeout it stops counting.
         for t in [210, 220, 230] {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            w.advance(split(0), Some(t), idle);
+            w.advance(split(0), Some(t), idle, no_backlog);
         }
-        assert_eq!(w.advance(split(0), Some(240), idle), Some(240));
+        assert_eq!(w.advance(split(0), Some(240), idle, no_backlog), Some(240));
     }
 
     #[tokio::test]
     async fn after_the_whole_source_was_silent_no_partition_runs_ahead() {
         let idle = Some(Duration::from_millis(100));
         let mut w = SplitWatermarks::default();
-        w.advance(split(0), Some(100), idle);
-        assert_eq!(w.advance(split(1), Some(50), idle), Some(50));
+        w.advance(split(0), Some(100), idle, no_backlog);
+        assert_eq!(w.advance(split(1), Some(50), idle, no_backlog), Some(50));
         // Nothing anywhere for longer than the idle timeout (a broker outage), then split 0
         // comes back first: split 1 must still hold the watermark back.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(w.advance(split(0), Some(300), idle), Some(50));
-        assert_eq!(w.advance(split(1), Some(290), idle), Some(290));
+        assert_eq!(w.advance(split(0), Some(300), idle, no_backlog), Some(50));
+        assert_eq!(w.advance(split(1), Some(290), idle, no_backlog), Some(290));
     }
 }
