@@ -1,4 +1,5 @@
-//! Counters of a running pipeline: rows in and out, the watermark, late and bad rows.
+//! Counters of a running pipeline: rows and bytes in, rows out, the watermark, late and bad
+//! rows, and how far its sources lag behind their input.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -45,6 +46,10 @@ pub struct MetricsSnapshot {
     pub late_rows_dropped: u64,
     /// Bad records skipped.
     pub bad_records: u64,
+    /// Bytes the sources read, where they know it.
+    pub bytes_in: u64,
+    /// Records in the sources' input not read yet (Kafka), `None` where no source knows.
+    pub source_lag: Option<u64>,
     /// The watermark, nanoseconds (i64::MIN before any).
     pub watermark: i64,
 }
@@ -52,20 +57,23 @@ pub struct MetricsSnapshot {
 impl PipelineMetrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let bad_records = self
-            .sources
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .map(|m| m.bad_records.load(Ordering::Relaxed))
-                    .sum()
-            })
-            .unwrap_or(0);
+        let (mut bad_records, mut bytes_in, mut source_lag) = (0, 0, None);
+        if let Ok(sources) = self.sources.lock() {
+            for m in sources.iter() {
+                bad_records += m.bad_records.load(Ordering::Relaxed);
+                bytes_in += m.bytes.load(Ordering::Relaxed);
+                if let Some(lag) = m.lag() {
+                    *source_lag.get_or_insert(0) += lag;
+                }
+            }
+        }
         MetricsSnapshot {
             rows_in: self.rows_in.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             late_rows_dropped: self.late_rows_dropped.load(Ordering::Relaxed),
             bad_records,
+            bytes_in,
+            source_lag,
             watermark: self.watermark.load(Ordering::Relaxed),
         }
     }

@@ -762,3 +762,69 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
     }
     assert_eq!(got, want, "schema of the sink: {sink_schema}");
 }
+
+/// `GET path` on a local HTTP port; the whole reply.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// The value of `metric{pipeline="name"}` in a Prometheus text reply.
+fn sample(metrics: &str, metric: &str, pipeline: &str) -> Option<f64> {
+    let prefix = format!("{metric}{{pipeline=\"{pipeline}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_served_kafka_pipeline_reports_its_records_bytes_and_lag() {
+    let broker = Broker::start();
+    broker.create_topic("bids", 2).await;
+    produce(&broker, "bids", 0..4_000, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(http, "sluice serve");
+    let ddl = format!(
+        "{} CREATE MATERIALIZED VIEW per_auction AS {QUERY};",
+        source(&broker, "bids", "")
+    );
+    let out = sluice(
+        &["sql", "--server", &format!("127.0.0.1:{grpc}"), "-c", &ddl],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Everything produced is read, and librdkafka's statistics then put the lag at zero.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = http_get(http, "/metrics");
+        let rows = sample(&metrics, "sluice_rows_in_total", "per_auction");
+        let lag = sample(&metrics, "sluice_source_lag_records", "per_auction");
+        if rows == Some(4_000.0) && lag == Some(0.0) {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let bytes = sample(&metrics, "sluice_bytes_in_total", "per_auction").unwrap();
+    assert!(bytes > 4_000.0 * 40.0, "{metrics}");
+    assert_eq!(sample(&metrics, "sluice_bad_records_total", "per_auction"), Some(0.0));
+    assert_eq!(sample(&metrics, "sluice_pipeline_running", "per_auction"), Some(1.0));
+    let _ = server.kill();
+    let _ = server.wait();
+}

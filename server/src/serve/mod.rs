@@ -1,11 +1,13 @@
 //! `sluice serve`: the long-running server. gRPC (`sluice.v1`, Arrow Flight SQL, health,
-//! reflection) on one
-//! port, HTTP health on another, the catalog kept under the data dir and restored at start.
+//! reflection) on one port; HTTP on another (`/health`, Prometheus `/metrics`, and the
+//! webhook sources' `/ingest/<source>`); the catalog kept under the data dir and restored
+//! at start.
 //! Ctrl-C or SIGTERM stops the pipelines cleanly and exits.
 
 mod exec;
 mod flight_sql;
 mod ipc;
+mod prometheus;
 mod service;
 mod status;
 
@@ -77,6 +79,13 @@ pub async fn serve(
         .serve_with_incoming_shutdown(tokio_stream_of(grpc_listener), wait_for(stop_rx.clone()));
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get({
+                let session = Arc::clone(&session);
+                move || prometheus::handler(Arc::clone(&session))
+            }),
+        )
         .route("/ingest/{source}", axum::routing::post(ingest));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(wait_for(stop_rx));
 

@@ -44,6 +44,8 @@ fn pipeline_info(p: &Pipeline) -> pb::Pipeline {
         rows_out: m.rows_out,
         late_rows_dropped: m.late_rows_dropped,
         bad_records: m.bad_records,
+        bytes_in: m.bytes_in,
+        source_lag: m.source_lag,
         watermark_ms: (m.watermark != i64::MIN).then(|| {
             if m.watermark == i64::MAX {
                 i64::MAX
