@@ -41,6 +41,17 @@ const HEADER: usize = 5;
 /// The schema id plain messages are decoded under.
 const PLAIN_ID: u32 = 0;
 
+/// How long a schema id the registry refused stays refused before it is asked again (a
+/// registry replica may not have it yet).
+const REFUSAL_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why a writer schema cannot be read, and since when.
+#[derive(Debug, Clone)]
+struct Unreadable {
+    reason: String,
+    since: std::time::Instant,
+}
+
 /// The options of the `avro` format.
 #[derive(Debug, Clone)]
 pub struct AvroFormat {
@@ -123,6 +134,7 @@ impl AvroFormat {
             registry: self.registry.clone(),
             readers,
             framed: Vec::new(),
+            lookup: None,
         })
     }
 
@@ -167,18 +179,22 @@ impl AvroFormat {
 /// Rows per decoder batch; a longer run of messages is decoded in several.
 const CAPACITY: usize = 8192;
 
-/// `schema` as Avro sees it: a TIMESTAMP column (no zone) is a UTC instant, which Avro
-/// calls `timestamp-*`.
+/// `schema` as Avro sees it: every column nullable (`["null", T]`), so that a source
+/// deriving its writer schema from declared columns reads what a sink derived; a TIMESTAMP
+/// column (no zone) is a UTC instant, which Avro calls `timestamp-*`.
 fn writer_schema(schema: &SchemaRef) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::Timestamp(unit, None) => f
-                .as_ref()
-                .clone()
-                .with_data_type(DataType::Timestamp(unit.to_owned(), Some("+00:00".into()))),
-            _ => f.as_ref().clone(),
+        .map(|f| {
+            let f = f.as_ref().clone().with_nullable(true);
+            match f.data_type() {
+                DataType::Timestamp(unit, None) => {
+                    let utc = DataType::Timestamp(unit.to_owned(), Some("+00:00".into()));
+                    f.with_data_type(utc)
+                }
+                _ => f,
+            }
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
@@ -257,7 +273,7 @@ impl Reader {
         let before = decoder.capacity();
         let consumed = decoder.decode(framed).map_err(|e| e.to_string())?;
         if decoder.capacity() + 1 != before {
-            return Err("truncated Avro record".into());
+            return Err("not one whole Avro record (truncated, or several)".into());
         }
         if consumed != framed.len() {
             return Err(format!(
@@ -270,9 +286,19 @@ impl Reader {
 
     /// The rows decoded so far, in the declared columns.
     fn flush(&mut self, declared: &SchemaRef) -> std::result::Result<Option<RecordBatch>, String> {
-        let Some(batch) = self.decoder.flush().map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
+        match self.decoder.flush().map_err(|e| e.to_string())? {
+            Some(batch) => self.fit(batch, declared).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A decoded batch in the declared columns. Fails on a value the declared type cannot
+    /// hold (a timestamp out of range after a unit change).
+    fn fit(
+        &self,
+        batch: RecordBatch,
+        declared: &SchemaRef,
+    ) -> std::result::Result<RecordBatch, String> {
         let columns = batch
             .columns()
             .iter()
@@ -290,7 +316,6 @@ impl Reader {
             .map_err(|e| e.to_string())?;
         let fitted = self.map.apply(&local).map_err(|e| e.to_string())?;
         RecordBatch::try_new(Arc::clone(declared), fitted.columns().to_vec())
-            .map(Some)
             .map_err(|e| e.to_string())
     }
 }
@@ -314,9 +339,20 @@ pub struct AvroDecoder {
     schema: SchemaRef,
     registry: Option<SchemaRegistry>,
     /// A reader per writer schema id, or why that schema cannot be read.
-    readers: HashMap<u32, std::result::Result<Reader, String>>,
+    readers: HashMap<u32, std::result::Result<Reader, Unreadable>>,
     /// A plain message with a header put in front, as the decoder reads it.
     framed: Vec<u8>,
+    /// Registry lookups under way: a task, so that a cancelled [`AvroDecoder::prepare`]
+    /// leaves them running and the next call picks them up.
+    lookup: Option<tokio::task::JoinHandle<Result<Vec<(u32, Lookup)>>>>,
+}
+
+impl Drop for AvroDecoder {
+    fn drop(&mut self) {
+        if let Some(lookup) = &self.lookup {
+            lookup.abort();
+        }
+    }
 }
 
 impl AvroDecoder {
@@ -325,34 +361,69 @@ impl AvroDecoder {
         Arc::clone(&self.schema)
     }
 
-    /// Looks up the writer schemas of `messages` not seen before in the registry.
-    /// Cancel-safe: what was looked up is kept.
+    /// Looks up the writer schemas of `messages` not seen before in the registry (and
+    /// those it refused more than 30 s ago). Cancel-safe: the lookups go on in a task that
+    /// the next call awaits.
     ///
     /// # Errors
     /// When the registry cannot be reached.
-    pub async fn prepare<'a>(&mut self, messages: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+    pub async fn prepare<'a>(
+        &mut self,
+        messages: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Result<()> {
         let Some(registry) = &self.registry else {
             return Ok(());
         };
-        let mut missing: Vec<u32> = messages
-            .filter_map(|m| schema_id(m).ok())
-            .filter(|id| !self.readers.contains_key(id))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        for id in missing {
-            let reader = match registry.schema_by_id(id).await? {
-                Lookup::Found(json) => {
-                    Reader::try_new(id, AvroSchema::new(json), Some(&self.schema), CAPACITY)
+        loop {
+            if self.lookup.is_none() {
+                let mut missing: Vec<u32> = messages
+                    .clone()
+                    .filter_map(|m| schema_id(m).ok())
+                    .filter(|id| match self.readers.get(id) {
+                        None => true,
+                        Some(Ok(_)) => false,
+                        Some(Err(u)) => u.since.elapsed() >= REFUSAL_TTL,
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(());
                 }
-                Lookup::Refused(reason) => Err(reason),
-            };
-            if let Err(reason) = &reader {
-                tracing::warn!(id, reason, "an avro writer schema cannot be read");
+                missing.sort_unstable();
+                missing.dedup();
+                let registry = registry.clone();
+                self.lookup = Some(tokio::spawn(async move {
+                    let mut found = Vec::with_capacity(missing.len());
+                    for id in missing {
+                        found.push((id, registry.schema_by_id(id).await?));
+                    }
+                    Ok(found)
+                }));
             }
-            self.readers.insert(id, reader);
+            let Some(lookup) = self.lookup.as_mut() else {
+                return Ok(());
+            };
+            let found = lookup.await;
+            self.lookup = None;
+            let found = found.map_err(|e| {
+                Error::Internal(format!("a schema registry lookup task failed: {e}"))
+            })??;
+            for (id, lookup) in found {
+                let reader = match lookup {
+                    Lookup::Found(json) => {
+                        Reader::try_new(id, AvroSchema::new(json), Some(&self.schema), CAPACITY)
+                    }
+                    Lookup::Refused(reason) => Err(reason),
+                }
+                .map_err(|reason| {
+                    tracing::warn!(id, reason, "an avro writer schema cannot be read");
+                    Unreadable {
+                        reason,
+                        since: std::time::Instant::now(),
+                    }
+                });
+                self.readers.insert(id, reader);
+            }
         }
-        Ok(())
     }
 
     /// Decodes `messages` (message `i` is reported as `"<source>:<first + i>"` when bad).
@@ -370,11 +441,7 @@ impl AvroDecoder {
             return Ok(batch);
         }
         // Decoding them together failed: start over, check each alone, decode the good.
-        for reader in self.readers.values_mut().filter_map(|r| r.as_mut().ok()) {
-            if let Err(e) = reader.reset() {
-                return Err(Error::Internal(format!("an avro decoder cannot restart: {e}")));
-            }
-        }
+        self.reset()?;
         let mut good = Vec::new();
         for (i, message) in messages.enumerate() {
             match self.check(message) {
@@ -386,7 +453,11 @@ impl AvroDecoder {
                 )?,
             }
         }
-        self.decode_all(good.into_iter()).map_err(|e| {
+        let batch = self.decode_all(good.into_iter());
+        if batch.is_err() {
+            self.reset()?;
+        }
+        batch.map_err(|e| {
             Error::Internal(format!(
                 "avro records that decoded alone failed together: {e}"
             ))
@@ -395,7 +466,7 @@ impl AvroDecoder {
 
     /// Where `message` is decoded: its reader and the bytes it reads.
     fn route<'m>(
-        readers: &'m mut HashMap<u32, std::result::Result<Reader, String>>,
+        readers: &'m mut HashMap<u32, std::result::Result<Reader, Unreadable>>,
         framed: &'m mut Vec<u8>,
         plain: bool,
         message: &'m [u8],
@@ -403,7 +474,7 @@ impl AvroDecoder {
         let id = if plain { PLAIN_ID } else { schema_id(message)? };
         let reader = match readers.get_mut(&id) {
             Some(Ok(reader)) => reader,
-            Some(Err(reason)) => return Err(reason.clone()),
+            Some(Err(unreadable)) => return Err(unreadable.reason.clone()),
             None => return Err(format!("writer schema id {id} was not looked up")),
         };
         if plain {
@@ -417,21 +488,33 @@ impl AvroDecoder {
         }
     }
 
-    /// Checks one message alone.
+    /// Checks one message alone, all the way to the declared columns: its bytes, its
+    /// strings' UTF-8 (checked when a batch is built) and the casts.
     fn check(&mut self, message: &[u8]) -> std::result::Result<(), String> {
         let plain = self.registry.is_none();
+        let declared = Arc::clone(&self.schema);
         let (reader, bytes) = Self::route(&mut self.readers, &mut self.framed, plain, message)?;
-        match Reader::feed(&mut reader.probe, bytes) {
-            Ok(()) => reader
-                .probe
-                .flush()
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(reason) => {
-                reader.probe = build(reader.id, &reader.schema, 1)?;
-                Err(reason)
+        let outcome = Reader::feed(&mut reader.probe, bytes).and_then(|()| {
+            match reader.probe.flush().map_err(|e| e.to_string())? {
+                Some(batch) => reader.fit(batch, &declared).map(|_| ()),
+                None => Err("no record decoded".into()),
             }
+        });
+        if outcome.is_err() {
+            // A failed decode or flush may leave the probe half way through a row, or full.
+            reader.probe = build(reader.id, &reader.schema, 1)?;
         }
+        outcome
+    }
+
+    /// Starts every reader over.
+    fn reset(&mut self) -> Result<()> {
+        for reader in self.readers.values_mut().filter_map(|r| r.as_mut().ok()) {
+            reader
+                .reset()
+                .map_err(|e| Error::Internal(format!("an avro decoder cannot restart: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Decodes every message, in order; `Err` at the first that fails.
@@ -617,6 +700,71 @@ mod tests {
         assert!(err.to_string().contains("t[0]:11"), "{err}");
     }
 
+    fn plain_with(json: &str, declared: SchemaRef) -> AvroDecoder {
+        let mut options = Options::new("kafka", [("avro_schema".to_string(), json.to_string())]);
+        let format = AvroFormat::from_options("kafka", &mut options).unwrap();
+        format.decoder("kafka", &declared).unwrap()
+    }
+
+    /// A record whose value passes the bytes but not the declared type (a timestamp out of
+    /// the range of nanoseconds) is a bad record, found by the one-by-one check; it used to
+    /// pass the check and fail the whole batch as an internal error.
+    #[test]
+    fn a_value_out_of_the_declared_range_is_a_bad_record() {
+        let declared = Arc::new(Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            true,
+        )]));
+        let mut decoder = plain_with(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"ts","type":{"type":"long","logicalType":"timestamp-micros"}}]}"#,
+            declared,
+        );
+        let messages: Vec<Vec<u8>> = [1_000, i64::MAX / 2, 2_000]
+            .into_iter()
+            .map(|v| {
+                let mut m = Vec::new();
+                long(&mut m, v);
+                m
+            })
+            .collect();
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let got = decoder
+            .decode(messages.iter().map(Vec::as_slice), "t[0]", 0, &bad)
+            .unwrap();
+        let ts = got.column(0).as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        assert_eq!(ts.values().to_vec(), vec![1_000_000, 2_000_000]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
+    }
+
+    /// Strings are checked for UTF-8 only when a batch is built: one bad string is one bad
+    /// record, and the messages after it still decode (the probe used to stay full).
+    #[test]
+    fn a_string_that_is_not_utf8_is_one_bad_record() {
+        let declared = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let mut decoder = plain_with(
+            r#"{"type":"record","name":"R","fields":[{"name":"s","type":"string"}]}"#,
+            declared,
+        );
+        let text = |bytes: &[u8]| {
+            let mut m = Vec::new();
+            long(&mut m, bytes.len() as i64);
+            m.extend_from_slice(bytes);
+            m
+        };
+        let messages = [text(b"ok"), text(&[0xff, 0xfe]), text(b"fine"), text(b"also")];
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let got = decoder
+            .decode(messages.iter().map(Vec::as_slice), "t[0]", 0, &bad)
+            .unwrap();
+        let s = got.column(0).as_string::<i32>();
+        assert_eq!(s.iter().flatten().collect::<Vec<_>>(), ["ok", "fine", "also"]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn registry_messages_of_several_writer_schemas_keep_their_order() {
         let declared = Arc::new(Schema::new(vec![
@@ -634,15 +782,21 @@ mod tests {
             registry: Some(SchemaRegistry::try_new("kafka", "http://127.0.0.1:9").unwrap()),
             readers: HashMap::new(),
             framed: Vec::new(),
+            lookup: None,
         };
         for (id, json) in [(1, v1), (2, v2), (3, no_price)] {
-            let reader = Reader::try_new(id, AvroSchema::new(json.into()), Some(&declared), 4);
+            let reader = Reader::try_new(id, AvroSchema::new(json.into()), Some(&declared), 4)
+                .map_err(|reason| Unreadable {
+                    reason,
+                    since: std::time::Instant::now(),
+                });
             decoder.readers.insert(id, reader);
         }
         assert!(
             decoder.readers[&3]
                 .as_ref()
                 .unwrap_err()
+                .reason
                 .contains("column 'price' does not exist")
         );
         let message = |i: i64| {

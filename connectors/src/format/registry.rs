@@ -42,8 +42,12 @@ struct Registered {
 /// An answer the registry gives when it refuses a request.
 #[derive(Deserialize)]
 struct Refusal {
+    error_code: Option<u32>,
     message: Option<String>,
 }
+
+/// The registry's error code for a schema id it does not have.
+const SCHEMA_NOT_FOUND: u32 = 40403;
 
 /// What a lookup by id found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +101,10 @@ impl SchemaRegistry {
         let (status, body) = self
             .send(|| self.client.get(&url).header("Accept", CONTENT_TYPE))
             .await?;
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if status == reqwest::StatusCode::NOT_FOUND
+            && serde_json::from_slice::<Refusal>(&body)
+                .is_ok_and(|r| r.error_code == Some(SCHEMA_NOT_FOUND))
+        {
             return Ok(Lookup::Refused(format!(
                 "the schema registry has no schema with id {id}"
             )));
@@ -126,11 +133,13 @@ impl SchemaRegistry {
     /// An [`Error::Service`] when the registry cannot be reached after the retries, or
     /// refuses the schema (incompatible with the subject's earlier versions, or invalid).
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32> {
-        let url = format!(
-            "{}/subjects/{}/versions",
-            self.base,
-            url::form_urlencoded::byte_serialize(subject.as_bytes()).collect::<String>()
-        );
+        let mut url = url::Url::parse(&self.base)
+            .map_err(|e| Error::Internal(format!("a checked registry URL no longer parses: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| Error::Internal("the registry URL cannot have a path".into()))?
+            .pop_if_empty()
+            .extend(["subjects", subject, "versions"]);
+        let url = url.to_string();
         let body = serde_json::json!({ "schema": schema }).to_string();
         let (status, answer) = self
             .send(|| {
