@@ -41,37 +41,46 @@ struct KafkaPosition {
     end: Option<BTreeMap<i32, i64>>,
 }
 
-/// Per partition, how many messages wait in the broker beyond what the source has read.
-type Lags = Arc<std::sync::Mutex<BTreeMap<i32, i64>>>;
+/// What is known of a partition's offsets: its high watermark, and the offset after the
+/// last message the client delivered (librdkafka's `app_offset`).
+#[derive(Debug, Clone, Copy)]
+struct Offsets {
+    high: i64,
+    delivered: i64,
+}
 
-/// The consumer's context: reads the source's lag, per partition and in all, off
-/// librdkafka's statistics.
+/// Per partition, from the watermarks at open and then librdkafka's statistics.
+type KnownOffsets = Arc<std::sync::Mutex<BTreeMap<i32, Offsets>>>;
+
+/// The consumer's context: follows the partitions' offsets in librdkafka's statistics,
+/// for the lag metric and for telling a partition behind from an idle one.
 pub(super) struct LagContext {
     topic: String,
     metrics: Arc<ConnectorMetrics>,
-    lags: Lags,
+    offsets: KnownOffsets,
 }
 
 impl ClientContext for LagContext {
     /// Every `statistics.interval.ms`: the lag is the sum over the topic's partitions of
-    /// the high watermark minus the position the source has read to.
+    /// the high watermark minus the offset read to.
     fn stats(&self, statistics: Statistics) {
-        if let Some(topic) = statistics.topics.get(&self.topic) {
-            if let Ok(mut lags) = self.lags.lock() {
-                for p in topic.partitions.values() {
-                    if p.partition >= 0 && p.consumer_lag >= 0 {
-                        lags.insert(p.partition, p.consumer_lag);
-                    }
-                }
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let Ok(mut offsets) = self.offsets.lock() else {
+            return;
+        };
+        for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+            if let Some(known) = offsets.get_mut(&p.partition) {
+                known.high = known.high.max(p.hi_offset);
+                known.delivered = known.delivered.max(p.app_offset);
             }
-            let lag: i64 = topic
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
-            self.metrics.set_lag(u64::try_from(lag).unwrap_or(0));
         }
+        let lag: i64 = offsets
+            .values()
+            .map(|o| (o.high - o.delivered).max(0))
+            .sum();
+        self.metrics.set_lag(u64::try_from(lag).unwrap_or(0));
     }
 }
 
@@ -86,6 +95,8 @@ struct Pending {
     messages: MessageBuffer,
     first: i64,
     last: i64,
+    /// When the first of `messages` arrived.
+    oldest: Option<Instant>,
 }
 
 /// A running `kafka` source.
@@ -100,12 +111,10 @@ pub(super) struct KafkaSource {
     /// Bounded reads end before these offsets.
     end: Option<Vec<i64>>,
     pending: Vec<Pending>,
-    /// When the oldest pending message arrived.
-    oldest: Option<Instant>,
     decoder: MessageDecoder,
     split: Option<Split>,
-    /// Messages waiting in the broker per partition, from the statistics.
-    lags: Lags,
+    /// Offsets per partition, from the statistics.
+    offsets: KnownOffsets,
 }
 
 impl KafkaSource {
@@ -114,7 +123,7 @@ impl KafkaSource {
     /// # Errors
     /// When the broker cannot be reached or the topic does not exist.
     pub(super) async fn open(config: KafkaSourceConfig, ctx: SourceContext) -> Result<Self> {
-        let lags = Lags::default();
+        let offsets = KnownOffsets::default();
         let consumer: KafkaConsumer = config
             .connection
             .client_config(&[
@@ -134,7 +143,7 @@ impl KafkaSource {
             .create_with_context(LagContext {
                 topic: config.connection.topic.clone(),
                 metrics: Arc::clone(&ctx.metrics),
-                lags: Arc::clone(&lags),
+                offsets: Arc::clone(&offsets),
             })
             .map_err(kafka_error)?;
         let consumer = Arc::new(consumer);
@@ -205,9 +214,15 @@ impl KafkaSource {
                 })
                 .collect::<Vec<i64>>()
         });
-        if let Ok(mut lags) = lags.lock() {
+        if let Ok(mut known) = offsets.lock() {
             for ((p, (_, high)), next) in partitions.iter().zip(&watermarks).zip(&next) {
-                lags.insert(*p, high - next);
+                known.insert(
+                    *p,
+                    Offsets {
+                        high: *high,
+                        delivered: *next,
+                    },
+                );
             }
         }
         let mut tpl = TopicPartitionList::new();
@@ -234,10 +249,9 @@ impl KafkaSource {
             partitions,
             next,
             end,
-            oldest: None,
             decoder,
             split: None,
-            lags,
+            offsets,
         })
     }
 
@@ -262,21 +276,17 @@ impl KafkaSource {
                 .zip(end)
                 .position(|(p, e)| !p.messages.is_empty() && p.last + 1 >= *e)
         });
+        // Each partition's messages wait at most `linger`, however busy the others are.
         let lingered = self
-            .oldest
-            .filter(|t| t.elapsed() >= self.ctx.linger)
-            .and_then(|_| self.pending.iter().position(|p| !p.messages.is_empty()));
+            .pending
+            .iter()
+            .position(|p| p.oldest.is_some_and(|t| t.elapsed() >= self.ctx.linger));
         full.or(at_end).or(lingered)
     }
 
     /// Decodes and hands out the pending messages of partition `i`.
     fn emit(&mut self, i: usize) -> Result<RecordBatch> {
         let pending = std::mem::take(&mut self.pending[i]);
-        if self.pending.iter().all(|p| p.messages.is_empty()) {
-            self.oldest = None;
-        } else {
-            self.oldest = Some(Instant::now());
-        }
         let source = format!("{}[{}]", self.topic, self.partitions[i]);
         let first = u64::try_from(pending.first).unwrap_or(0);
         let batch =
@@ -321,7 +331,7 @@ impl KafkaSource {
         } else {
             pending.messages.push(payload);
         }
-        self.oldest.get_or_insert_with(Instant::now);
+        pending.oldest.get_or_insert_with(Instant::now);
     }
 }
 
@@ -382,7 +392,10 @@ impl Source for KafkaSource {
                 continue;
             }
             let wait = self
-                .oldest
+                .pending
+                .iter()
+                .filter_map(|p| p.oldest)
+                .min()
                 .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
                 .unwrap_or(self.ctx.linger)
                 .max(Duration::from_millis(1));
@@ -428,7 +441,9 @@ impl Source for KafkaSource {
     }
 
     /// A partition has a backlog while messages wait in its buffer, or below its end
-    /// (bounded), or in the broker by the last statistics (at most a second old).
+    /// (bounded), or below its high watermark by the last statistics (at most a second
+    /// old). (A transactional topic's last offset can be a commit marker, which is never
+    /// delivered: such a partition keeps holding the watermark back until new data comes.)
     fn split_has_backlog(&self, index: usize) -> bool {
         let (Some(pending), Some(&next)) = (self.pending.get(index), self.next.get(index)) else {
             return false;
@@ -439,11 +454,11 @@ impl Source for KafkaSource {
         match &self.end {
             Some(end) => end.get(index).is_some_and(|&e| next < e),
             None => self.partitions.get(index).is_some_and(|p| {
-                self.lags
+                self.offsets
                     .lock()
                     .ok()
-                    .and_then(|l| l.get(p).copied())
-                    .is_some_and(|lag| lag > 0)
+                    .and_then(|o| o.get(p).copied())
+                    .is_some_and(|o| o.high > o.delivered.max(next))
             }),
         }
     }
