@@ -176,6 +176,7 @@ impl SourceConfig for NatsSourceConfig {
             pending_acks: Vec::new(),
             handed_out: Vec::new(),
             by_checkpoint: BTreeMap::new(),
+            to_ack: Vec::new(),
             ctx,
         }))
     }
@@ -191,6 +192,8 @@ struct NatsSource {
     handed_out: Vec<Acker>,
     /// Of messages before each barrier whose checkpoint is not complete yet.
     by_checkpoint: BTreeMap<u64, Vec<Acker>>,
+    /// Of messages handed out without checkpoints, to acknowledge at the next call.
+    to_ack: Vec<Acker>,
     ctx: SourceContext,
 }
 
@@ -237,21 +240,29 @@ impl NatsSource {
         self.pending_acks.extend(acker);
     }
 
+    /// Decodes the waiting messages. Nothing is awaited once they are taken, so a
+    /// cancelled call loses no batch: without checkpoints, their acknowledgements go out
+    /// at the start of the next call.
     async fn emit(&mut self) -> Result<RecordBatch> {
+        // Before anything is taken: a cancelled registry lookup loses nothing.
+        self.batcher.prepare().await?;
         let acks = std::mem::take(&mut self.pending_acks);
         let batch = self.batcher.emit(&self.ctx)?;
         if self.ctx.checkpointing {
             self.handed_out.extend(acks);
         } else {
-            ack_all(acks).await?;
+            self.to_ack.extend(acks);
         }
         Ok(batch)
     }
 }
 
-async fn ack_all(acks: Vec<Acker>) -> Result<()> {
-    for a in acks {
+/// Acknowledges `acks`, removing each once it is sent: cancel-safe (an acknowledgement
+/// sent twice is harmless).
+async fn ack_all(acks: &mut Vec<Acker>) -> Result<()> {
+    while let Some(a) = acks.last() {
         a.ack().await.map_err(|e| Error::service(CONNECTOR, e))?;
+        acks.pop();
     }
     Ok(())
 }
@@ -259,6 +270,7 @@ async fn ack_all(acks: Vec<Acker>) -> Result<()> {
 #[async_trait::async_trait]
 impl Source for NatsSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        ack_all(&mut self.to_ack).await?;
         loop {
             if self.batcher.due(&self.ctx) {
                 let batch = self.emit().await?;
@@ -300,10 +312,13 @@ impl Source for NatsSource {
     }
 
     async fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
-        let later = self.by_checkpoint.split_off(&(checkpoint + 1));
-        let done = std::mem::replace(&mut self.by_checkpoint, later);
-        for (_, acks) in done {
-            ack_all(acks).await?;
+        // Each list leaves the map only once all of it is acknowledged (cancel-safe).
+        while let Some(mut entry) = self.by_checkpoint.first_entry() {
+            if *entry.key() > checkpoint {
+                break;
+            }
+            ack_all(entry.get_mut()).await?;
+            entry.remove();
         }
         Ok(())
     }
