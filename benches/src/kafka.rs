@@ -3,6 +3,11 @@
 //! through a Sluice pipeline (`SELECT auction, price, date_time FROM bids`) on one tokio
 //! thread. librdkafka fetches in its own background threads, as it does in production.
 //!
+//! Besides events per second of wall time, it reports events per CPU second of the Sluice
+//! process (all its threads: the pipeline's and librdkafka's), read from `/proc`: the broker
+//! runs on the same two cores, so wall time also measures the broker, and CPU time is what
+//! "per core" means for Sluice itself.
+//!
 //! `cargo run --release -p sluice-benches --bin kafka-bench -- --events 2000000`
 
 use std::io::Write;
@@ -51,10 +56,45 @@ fn bid(i: u64) -> String {
     )
 }
 
+/// CPU time a process used so far (user and system, all threads), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unreadable /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / clock_ticks())
+}
+
+/// Clock ticks per second of `/proc` times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One read: events per second of wall time, and per CPU second of this process and of the
+/// broker.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    wall: f64,
+    per_cpu: f64,
+    broker_cpu: f64,
+}
+
 /// Rows per second through `SELECT ... FROM bids` until `events` rows arrived.
-async fn read(source: &str, events: u64) -> anyhow::Result<f64> {
+async fn read(source: &str, events: u64, broker: &str) -> anyhow::Result<Rate> {
     let mut session = Session::new();
     session.execute_script(source).await?;
+    let (cpu0, broker0) = (cpu_seconds("self")?, cpu_seconds(broker)?);
     let start = Instant::now();
     let mut outputs = session
         .execute_script("SELECT auction, price, date_time FROM bids")
@@ -69,10 +109,18 @@ async fn read(source: &str, events: u64) -> anyhow::Result<f64> {
             None => bail!("the stream ended after {n} of {events} rows"),
         }
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64();
+    let (cpu, broker_cpu) = (
+        cpu_seconds("self")? - cpu0,
+        cpu_seconds(broker)? - broker0,
+    );
     drop(rows);
     session.shutdown().await?;
-    Ok(rate)
+    Ok(Rate {
+        wall: n as f64 / wall,
+        per_cpu: n as f64 / cpu.max(0.01),
+        broker_cpu: broker_cpu / wall,
+    })
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -102,12 +150,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 tansu.display()
             )
         })?;
-    let result = run(&args, port, dir.path()).await;
+    let result = run(&args, port, dir.path(), &broker.id().to_string()).await;
     let _ = broker.kill();
     result
 }
 
-async fn run(args: &Args, port: u16, dir: &std::path::Path) -> anyhow::Result<()> {
+async fn run(args: &Args, port: u16, dir: &std::path::Path, broker: &str) -> anyhow::Result<()> {
     let bootstrap = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -155,6 +203,9 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path) -> anyhow::Result<()
     }
     file.flush()?;
     drop(file);
+    // Its threads would count as the reader's CPU time.
+    drop(producer);
+    drop(admin);
     println!(
         "produced {} JSON bids in {:.1} s; one topic partition; one core for the pipeline \
          (current-thread runtime), librdkafka's fetch threads beside it; median of {} runs",
@@ -164,8 +215,12 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path) -> anyhow::Result<()
     );
     let columns =
         "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP";
+    // librdkafka settings to try, as `properties.<name> = '<value>'` pairs.
+    let extra = std::env::var("KAFKA_BENCH_PROPERTIES")
+        .map(|p| format!(", {p}"))
+        .unwrap_or_default();
     let kafka = format!(
-        "CREATE SOURCE bids ({columns}) WITH (connector = 'kafka', bootstrap_servers = '{bootstrap}', topic = 'bids', format = 'json')"
+        "CREATE SOURCE bids ({columns}) WITH (connector = 'kafka', bootstrap_servers = '{bootstrap}', topic = 'bids', format = 'json'{extra})"
     );
     let file = format!(
         "CREATE SOURCE bids ({columns}) WITH (connector = 'file', path = '{}', format = 'json')",
@@ -173,17 +228,32 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path) -> anyhow::Result<()
     );
     let (mut k, mut f) = (Vec::new(), Vec::new());
     for _ in 0..args.repeat.max(1) {
-        k.push(read(&kafka, args.events).await?);
-        f.push(read(&file, args.events).await?);
+        k.push(read(&kafka, args.events, broker).await?);
+        f.push(read(&file, args.events, broker).await?);
     }
     let (k, f) = (median(&mut k), median(&mut f));
-    println!("{:<28} {:>14.0} events/s", "kafka source (json)", k);
-    println!("{:<28} {:>14.0} events/s", "file source (same json)", f);
-    println!("kafka / file: {:.2}x", k / f);
+    println!(
+        "{:<26} {:>12} {:>18} {:>12}",
+        "", "events/s", "events/CPU-second", "broker CPU"
+    );
+    for (name, r) in [("kafka source (json)", k), ("file source (same json)", f)] {
+        println!(
+            "{name:<26} {:>12.0} {:>18.0} {:>11.0}%",
+            r.wall,
+            r.per_cpu,
+            r.broker_cpu * 100.0
+        );
+    }
+    println!(
+        "kafka / file: {:.2}x of wall time, {:.2}x per CPU second",
+        k.wall / f.wall,
+        k.per_cpu / f.per_cpu
+    );
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+/// The run with the median wall-time rate.
+fn median(v: &mut [Rate]) -> Rate {
+    v.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    v[v.len() / 2]
 }
