@@ -110,10 +110,7 @@ async fn read(source: &str, events: u64, broker: &str) -> anyhow::Result<Rate> {
         }
     }
     let wall = start.elapsed().as_secs_f64();
-    let (cpu, broker_cpu) = (
-        cpu_seconds("self")? - cpu0,
-        cpu_seconds(broker)? - broker0,
-    );
+    let (cpu, broker_cpu) = (cpu_seconds("self")? - cpu0, cpu_seconds(broker)? - broker0);
     drop(rows);
     session.shutdown().await?;
     Ok(Rate {

@@ -83,7 +83,7 @@ impl BadRecords {
             });
         }
         let n = self.metrics.bad_records.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= LOG_EACH || n % 1000 == 0 {
+        if n <= LOG_EACH || n.is_multiple_of(1000) {
             tracing::warn!(
                 location,
                 error = message,

@@ -57,6 +57,9 @@ pub enum SinkInput {
 }
 
 /// One statement of the dialect.
+// Built once per SQL statement and matched right away: boxing the large variant would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Statement {
     /// `CREATE SOURCE name [(columns [, WATERMARK FOR col AS expr])] WITH (...)`

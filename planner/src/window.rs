@@ -334,14 +334,12 @@ fn window_call(function: &str, args: &[FunctionArg], table_name: &str) -> Result
 
 /// `DESCRIPTOR(col)` and `TABLE t` (Flink's spelling) unwrap to their argument.
 fn strip_wrapper<'a>(e: &'a Expr, wrapper: &str) -> &'a Expr {
-    if let Expr::Function(f) = e {
-        if f.name.to_string().eq_ignore_ascii_case(wrapper) {
-            if let FunctionArguments::List(list) = &f.args {
-                if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))] = list.args.as_slice() {
-                    return inner;
-                }
-            }
-        }
+    if let Expr::Function(f) = e
+        && f.name.to_string().eq_ignore_ascii_case(wrapper)
+        && let FunctionArguments::List(list) = &f.args
+        && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))] = list.args.as_slice()
+    {
+        return inner;
     }
     e
 }

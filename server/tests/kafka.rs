@@ -535,7 +535,10 @@ impl Registry {
         ) -> (StatusCode, String) {
             let mut registry = state.lock().unwrap();
             *registry.lookups.entry(id).or_default() += 1;
-            match id.checked_sub(1).and_then(|i| registry.schemas.get(i as usize)) {
+            match id
+                .checked_sub(1)
+                .and_then(|i| registry.schemas.get(i as usize))
+            {
                 Some(schema) => (
                     StatusCode::OK,
                     serde_json::json!({ "schema": schema }).to_string(),
@@ -606,7 +609,7 @@ const BID_V2: &str = r#"{"type":"record","name":"Bid","namespace":"test","fields
 fn avro_bid(i: u64, v1: u32, v2: u32) -> Vec<u8> {
     let (auction, price, ms) = bid(i);
     let mut out = vec![0];
-    if (i / 700) % 2 == 0 {
+    if (i / 700).is_multiple_of(2) {
         out.extend_from_slice(&v1.to_be_bytes());
         for v in [auction, price, ms] {
             avro_long(&mut out, v);
@@ -654,7 +657,10 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
     let registry = Registry::serve(Arc::clone(&state)).await;
     let (v1, v2) = {
         let mut r = state.lock().unwrap();
-        (r.register("avro_bids-value", BID_V1), r.register("avro_bids-value", BID_V2))
+        (
+            r.register("avro_bids-value", BID_V1),
+            r.register("avro_bids-value", BID_V2),
+        )
     };
     broker.create_topic("avro_bids", 2).await;
     broker.create_topic("bid_totals", 1).await;
@@ -670,11 +676,14 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
     let mut truncated = avro_bid(7, v1, v2);
     truncated.truncate(7);
     payloads.insert(2_000, (1, truncated));
-    payloads.insert(3_000, (0, {
-        let mut unknown = avro_bid(9, v1, v2);
-        unknown[1..5].copy_from_slice(&99u32.to_be_bytes());
-        unknown
-    }));
+    payloads.insert(
+        3_000,
+        (0, {
+            let mut unknown = avro_bid(9, v1, v2);
+            unknown[1..5].copy_from_slice(&99u32.to_be_bytes());
+            unknown
+        }),
+    );
     let mut pending = Vec::new();
     for (partition, payload) in &payloads {
         let record = FutureRecord::<[u8], [u8]>::to("avro_bids")
@@ -716,7 +725,11 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
     // TopicNameStrategy); each writer schema was looked up once.
     let (sink_id, sink_schema, lookups) = {
         let r = state.lock().unwrap();
-        let ids = r.subjects.get("bid_totals-value").cloned().unwrap_or_default();
+        let ids = r
+            .subjects
+            .get("bid_totals-value")
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(ids.len(), 1, "subjects: {:?}", r.subjects);
         let schema: serde_json::Value =
             serde_json::from_str(&r.schemas[ids[0] as usize - 1]).unwrap();
@@ -749,10 +762,17 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
         use rdkafka::Message;
         let payload = msg.payload().unwrap();
         assert_eq!(payload[0], 0, "magic byte");
-        assert_eq!(u32::from_be_bytes(payload[1..5].try_into().unwrap()), sink_id);
+        assert_eq!(
+            u32::from_be_bytes(payload[1..5].try_into().unwrap()),
+            sink_id
+        );
         let row = decode_avro_record(&sink_schema, &payload[5..]);
         let auction = row["auction"].unwrap();
-        assert_eq!(msg.key(), Some(auction.to_string().as_bytes()), "message key");
+        assert_eq!(
+            msg.key(),
+            Some(auction.to_string().as_bytes()),
+            "message key"
+        );
         let window_ms = row["window_start"].unwrap() / 1_000_000;
         let value = (row["bids"].unwrap(), row["total"].unwrap());
         assert!(
@@ -808,7 +828,11 @@ async fn a_served_kafka_pipeline_reports_its_records_bytes_and_lag() {
     )
     .output()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Everything produced is read, and librdkafka's statistics then put the lag at zero.
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -823,8 +847,14 @@ async fn a_served_kafka_pipeline_reports_its_records_bytes_and_lag() {
     };
     let bytes = sample(&metrics, "sluice_bytes_in_total", "per_auction").unwrap();
     assert!(bytes > 4_000.0 * 40.0, "{metrics}");
-    assert_eq!(sample(&metrics, "sluice_bad_records_total", "per_auction"), Some(0.0));
-    assert_eq!(sample(&metrics, "sluice_pipeline_running", "per_auction"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "sluice_bad_records_total", "per_auction"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_pipeline_running", "per_auction"),
+        Some(1.0)
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -77,7 +77,10 @@ impl AvroFormat {
         let subject = options.take_string("schema_subject");
         if let Some(json) = &schema {
             Reader::try_new(PLAIN_ID, AvroSchema::new(json.clone()), None, 1).map_err(|e| {
-                Error::option(connector, format!("option 'avro_schema' is not usable: {e}"))
+                Error::option(
+                    connector,
+                    format!("option 'avro_schema' is not usable: {e}"),
+                )
             })?;
         }
         Ok(Self {
@@ -164,7 +167,12 @@ impl AvroFormat {
                     .clone()
                     .unwrap_or_else(|| format!("{topic}-value"));
                 let id = registry.register(&subject, &avro.json_string).await?;
-                tracing::info!(registry = registry.url(), subject, id, "avro schema registered");
+                tracing::info!(
+                    registry = registry.url(),
+                    subject,
+                    id,
+                    "avro schema registered"
+                );
                 builder
                     .with_fingerprint_strategy(FingerprintStrategy::Id(id))
                     .build_encoder::<AvroSoeFormat>()
@@ -202,7 +210,11 @@ fn writer_schema(schema: &SchemaRef) -> SchemaRef {
 
 /// `array` with its type replaced by `to`, which has the same layout (a timestamp's zone).
 fn retype(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
-    let data = array.to_data().into_builder().data_type(to.clone()).build()?;
+    let data = array
+        .to_data()
+        .into_builder()
+        .data_type(to.clone())
+        .build()?;
     Ok(make_array(data))
 }
 
@@ -237,11 +249,10 @@ impl Reader {
             .fields()
             .iter()
             .map(|f| match f.data_type() {
-                DataType::Timestamp(unit, Some(tz)) if matches!(tz.as_ref(), "+00:00" | "UTC") => {
-                    f.as_ref()
-                        .clone()
-                        .with_data_type(DataType::Timestamp(unit.to_owned(), None))
-                }
+                DataType::Timestamp(unit, Some(tz)) if matches!(tz.as_ref(), "+00:00" | "UTC") => f
+                    .as_ref()
+                    .clone()
+                    .with_data_type(DataType::Timestamp(unit.to_owned(), None)),
                 _ => f.as_ref().clone(),
             })
             .collect();
@@ -312,8 +323,8 @@ impl Reader {
             })
             .collect::<Result<Vec<_>>>()
             .map_err(|e| e.to_string())?;
-        let local = RecordBatch::try_new(Arc::clone(&self.local), columns)
-            .map_err(|e| e.to_string())?;
+        let local =
+            RecordBatch::try_new(Arc::clone(&self.local), columns).map_err(|e| e.to_string())?;
         let fitted = self.map.apply(&local).map_err(|e| e.to_string())?;
         RecordBatch::try_new(Arc::clone(declared), fitted.columns().to_vec())
             .map_err(|e| e.to_string())
@@ -344,8 +355,11 @@ pub struct AvroDecoder {
     framed: Vec<u8>,
     /// Registry lookups under way: a task, so that a cancelled [`AvroDecoder::prepare`]
     /// leaves them running and the next call picks them up.
-    lookup: Option<tokio::task::JoinHandle<Result<Vec<(u32, Lookup)>>>>,
+    lookup: Option<PendingLookup>,
 }
+
+/// A registry lookup under way: the ids and what the registry said of each.
+type PendingLookup = tokio::task::JoinHandle<Result<Vec<(u32, Lookup)>>>;
 
 impl Drop for AvroDecoder {
     fn drop(&mut self) {
@@ -446,11 +460,9 @@ impl AvroDecoder {
         for (i, message) in messages.enumerate() {
             match self.check(message) {
                 Ok(()) => good.push(message),
-                Err(reason) => bad.report(
-                    &line_location(source, first + i as u64),
-                    &reason,
-                    message,
-                )?,
+                Err(reason) => {
+                    bad.report(&line_location(source, first + i as u64), &reason, message)?
+                }
             }
         }
         let batch = self.decode_all(good.into_iter());
@@ -554,7 +566,9 @@ impl AvroDecoder {
 /// The schema id of a message in the Confluent wire format.
 fn schema_id(message: &[u8]) -> std::result::Result<u32, String> {
     match message {
-        [MAGIC, a, b, c, d, ..] if message.len() > HEADER => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        [MAGIC, a, b, c, d, ..] if message.len() > HEADER => {
+            Ok(u32::from_be_bytes([*a, *b, *c, *d]))
+        }
         _ => Err(
             "not in the Confluent wire format (a zero byte, a 4-byte schema id, the record)".into(),
         ),
@@ -591,7 +605,12 @@ impl AvroEncoder {
         self.encoder
             .encode(&batch)
             .map_err(|e| Error::Input(format!("cannot write a row as Avro: {e}")))?;
-        Ok(self.encoder.flush().iter().map(|row| row.to_vec()).collect())
+        Ok(self
+            .encoder
+            .flush()
+            .iter()
+            .map(|row| row.to_vec())
+            .collect())
     }
 }
 
@@ -734,7 +753,9 @@ mod tests {
         let got = decoder
             .decode(messages.iter().map(Vec::as_slice), "t[0]", 0, &bad)
             .unwrap();
-        let ts = got.column(0).as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        let ts = got
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
         assert_eq!(ts.values().to_vec(), vec![1_000_000, 2_000_000]);
         assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
     }
@@ -754,14 +775,22 @@ mod tests {
             m.extend_from_slice(bytes);
             m
         };
-        let messages = [text(b"ok"), text(&[0xff, 0xfe]), text(b"fine"), text(b"also")];
+        let messages = [
+            text(b"ok"),
+            text(&[0xff, 0xfe]),
+            text(b"fine"),
+            text(b"also"),
+        ];
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
             .decode(messages.iter().map(Vec::as_slice), "t[0]", 0, &bad)
             .unwrap();
         let s = got.column(0).as_string::<i32>();
-        assert_eq!(s.iter().flatten().collect::<Vec<_>>(), ["ok", "fine", "also"]);
+        assert_eq!(
+            s.iter().flatten().collect::<Vec<_>>(),
+            ["ok", "fine", "also"]
+        );
         assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
     }
 
@@ -776,7 +805,8 @@ mod tests {
         let v2 = r#"{"type":"record","name":"B","fields":[
             {"name":"price","type":"int"},{"name":"note","type":"string"},
             {"name":"auction","type":"long"}]}"#;
-        let no_price = r#"{"type":"record","name":"B","fields":[{"name":"auction","type":"long"}]}"#;
+        let no_price =
+            r#"{"type":"record","name":"B","fields":[{"name":"auction","type":"long"}]}"#;
         let mut decoder = AvroDecoder {
             schema: Arc::clone(&declared),
             registry: Some(SchemaRegistry::try_new("kafka", "http://127.0.0.1:9").unwrap()),

@@ -45,13 +45,13 @@ impl MessageFormat {
         let format = options
             .take_choice("format", &["json", "csv", "raw", "avro"])?
             .unwrap_or_else(|| "json".into());
-        if format != "avro" {
-            if let Some(key) = AvroFormat::OPTIONS.iter().find(|k| options.contains(k)) {
-                return Err(Error::option(
-                    connector,
-                    format!("option '{key}' applies to the avro format only, not {format}"),
-                ));
-            }
+        if format != "avro"
+            && let Some(key) = AvroFormat::OPTIONS.iter().find(|k| options.contains(k))
+        {
+            return Err(Error::option(
+                connector,
+                format!("option '{key}' applies to the avro format only, not {format}"),
+            ));
         }
         let delimiter = options.take_char("delimiter")?;
         match format.as_str() {
@@ -131,7 +131,9 @@ impl MessageFormat {
                 MessageDecoder::Text(Box::new(CsvDecoder::try_new(schema, false, *delimiter)?))
             }
             MessageFormat::Raw => MessageDecoder::Raw(Arc::clone(schema)),
-            MessageFormat::Avro(avro) => MessageDecoder::Avro(Box::new(avro.decoder("avro", schema)?)),
+            MessageFormat::Avro(avro) => {
+                MessageDecoder::Avro(Box::new(avro.decoder("avro", schema)?))
+            }
         })
     }
 

@@ -133,8 +133,9 @@ impl SchemaRegistry {
     /// An [`Error::Service`] when the registry cannot be reached after the retries, or
     /// refuses the schema (incompatible with the subject's earlier versions, or invalid).
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32> {
-        let mut url = url::Url::parse(&self.base)
-            .map_err(|e| Error::Internal(format!("a checked registry URL no longer parses: {e}")))?;
+        let mut url = url::Url::parse(&self.base).map_err(|e| {
+            Error::Internal(format!("a checked registry URL no longer parses: {e}"))
+        })?;
         url.path_segments_mut()
             .map_err(|()| Error::Internal("the registry URL cannot have a path".into()))?
             .pop_if_empty()
@@ -202,5 +203,8 @@ fn refused(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
         .ok()
         .and_then(|r| r.message)
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    Error::service("schema registry", format!("{url}: HTTP {status}: {message}"))
+    Error::service(
+        "schema registry",
+        format!("{url}: HTTP {status}: {message}"),
+    )
 }

@@ -175,7 +175,9 @@ impl KafkaSinkConfig {
 #[async_trait::async_trait]
 impl SinkConfig for KafkaSinkConfig {
     async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(sink::KafkaSink::try_new(self, &schema, ctx).await?))
+        Ok(Box::new(
+            sink::KafkaSink::try_new(self, &schema, ctx).await?,
+        ))
     }
 }
 

@@ -248,8 +248,12 @@ impl SinkConfig for MqttSinkConfig {
             poller,
             topic: self.connection.topic.clone(),
             qos: self.connection.qos,
-            encoder: MessageEncoder::try_new(&self.connection.format, &schema, &self.connection.topic)
-                .await?,
+            encoder: MessageEncoder::try_new(
+                &self.connection.format,
+                &schema,
+                &self.connection.topic,
+            )
+            .await?,
             published: 0,
             acked,
             metrics: ctx.metrics,

@@ -117,7 +117,7 @@ impl NatsSourceConfig {
 /// Where a source's messages come from.
 enum Input {
     Core(async_nats::Subscriber),
-    JetStream(pull::Stream),
+    JetStream(Box<pull::Stream>),
 }
 
 #[async_trait::async_trait]
@@ -159,12 +159,12 @@ impl SourceConfig for NatsSourceConfig {
                     )
                     .await
                     .map_err(|e| Error::service(CONNECTOR, format!("consumer '{durable}': {e}")))?;
-                Input::JetStream(
+                Input::JetStream(Box::new(
                     consumer
                         .messages()
                         .await
                         .map_err(|e| Error::service(CONNECTOR, e))?,
-                )
+                ))
             }
         };
         Ok(Box::new(NatsSource {

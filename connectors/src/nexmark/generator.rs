@@ -228,7 +228,8 @@ impl NexmarkGenerator {
     /// A generator of `table` for `seed`, spacing events `1/events_per_second` s apart.
     pub(crate) fn new(table: Table, seed: u64, events_per_second: u64) -> Self {
         let events_per_second = events_per_second.max(1);
-        let spacing_ns = (NANOS_PER_SECOND % events_per_second == 0)
+        let spacing_ns = NANOS_PER_SECOND
+            .is_multiple_of(events_per_second)
             .then_some(NANOS_PER_SECOND / events_per_second);
         Self {
             table,
@@ -434,7 +435,7 @@ impl NexmarkGenerator {
 /// The id (from 0) of the last person created at or before event `id`.
 fn last_base0_person_id(id: u64) -> u64 {
     let epoch = id / PROPORTION_DENOMINATOR;
-    let offset = (id % PROPORTION_DENOMINATOR).min(PERSON_PROPORTION - 1);
+    let offset = PERSON_PROPORTION - 1;
     epoch * PERSON_PROPORTION + offset
 }
 

@@ -355,16 +355,16 @@ impl PostgresSink {
             .collect();
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=ATTEMPTS {
-            if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-                if let Err(e) = self.connect().await {
-                    if attempt == ATTEMPTS {
-                        return Err(e);
-                    }
-                    tracing::warn!(table = %self.config.table, attempt, error = %e, "postgres unreachable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    continue;
+            if self.client.as_ref().is_none_or(|(c, _)| c.is_closed())
+                && let Err(e) = self.connect().await
+            {
+                if attempt == ATTEMPTS {
+                    return Err(e);
                 }
+                tracing::warn!(table = %self.config.table, attempt, error = %e, "postgres unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                continue;
             }
             let Some((client, statement)) = self.client.as_ref() else {
                 continue;

@@ -26,10 +26,13 @@ const CONNECTOR: &str = "webhook";
 /// Request bodies an inbox holds before senders wait.
 const INBOX_CAPACITY: usize = 64;
 
+/// The inboxes of the running sources of one name: each source's id and its sender.
+type Inboxes = Vec<(u64, mpsc::Sender<Bytes>)>;
+
 /// The inboxes of running webhook sources, by source name.
 #[derive(Debug, Default)]
 pub struct Hub {
-    inboxes: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<Bytes>)>>>,
+    inboxes: Mutex<HashMap<String, Inboxes>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 

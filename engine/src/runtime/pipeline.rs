@@ -422,16 +422,16 @@ impl Pipeline {
                     Err(e) if e.is_cancelled() => None,
                     Err(e) => Some(Error::Internal(format!("a task panicked: {e}"))),
                 };
-                if let Some(e) = err {
-                    if failure.is_none() {
-                        tracing::error!(pipeline = %pipeline_name, error = %e, "pipeline failed");
-                        failure = Some(e.to_string());
-                        if let Ok(mut slot) = driver_error.lock() {
-                            *slot = Some(e);
-                        }
-                        let _ = driver_stop.send(true);
-                        set.abort_all();
+                if let Some(e) = err
+                    && failure.is_none()
+                {
+                    tracing::error!(pipeline = %pipeline_name, error = %e, "pipeline failed");
+                    failure = Some(e.to_string());
+                    if let Ok(mut slot) = driver_error.lock() {
+                        *slot = Some(e);
                     }
+                    let _ = driver_stop.send(true);
+                    set.abort_all();
                 }
             }
             if let Ok(mut s) = driver_status.lock() {

@@ -613,18 +613,17 @@ impl Session {
         name: &str,
         if_exists: bool,
     ) -> Result<StatementOutput> {
-        if kind == ObjectKind::Source {
-            if let Some(user) = self
+        if kind == ObjectKind::Source
+            && let Some(user) = self
                 .pipelines
                 .iter()
                 .find(|p| p.status() == PipelineStatus::Running && p.plan.sources().contains(&name))
-            {
-                return Err(sluice_planner::Error::plan(format!(
-                    "source '{name}' is read by the running pipeline '{}'; drop that first",
-                    user.name
-                ))
-                .into());
-            }
+        {
+            return Err(sluice_planner::Error::plan(format!(
+                "source '{name}' is read by the running pipeline '{}'; drop that first",
+                user.name
+            ))
+            .into());
         }
         let removed = self.catalog.drop_object(kind, name, if_exists)?;
         if matches!(kind, ObjectKind::Sink | ObjectKind::MaterializedView) {

@@ -31,11 +31,14 @@ use super::status::status;
 const CATALOG: &str = "sluice";
 const SCHEMA: &str = "public";
 
+/// Query results waiting to be fetched, by ticket: their schema and batches.
+type Results = HashMap<u64, (SchemaRef, Vec<RecordBatch>)>;
+
 /// Flight SQL over the server's session.
 pub struct FlightSql {
     session: Arc<Mutex<Session>>,
     /// Results computed for `GetFlightInfo`, fetched once by `DoGet`.
-    results: std::sync::Mutex<HashMap<u64, (SchemaRef, Vec<RecordBatch>)>>,
+    results: std::sync::Mutex<Results>,
     next: AtomicU64,
     sql_info: SqlInfoData,
 }
@@ -58,10 +61,7 @@ impl FlightSql {
         })
     }
 
-    fn lock_results(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, HashMap<u64, (SchemaRef, Vec<RecordBatch>)>>, Status>
-    {
+    fn lock_results(&self) -> Result<std::sync::MutexGuard<'_, Results>, Status> {
         self.results
             .lock()
             .map_err(|_| Status::internal("result table lock poisoned"))
@@ -207,7 +207,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         info_for(&query, &schema, request.into_inner())
     }
 

@@ -46,7 +46,7 @@ fn pipeline_info(p: &Pipeline) -> pb::Pipeline {
         bad_records: m.bad_records,
         bytes_in: m.bytes_in,
         source_lag: m.source_lag,
-        watermark_ms: (m.watermark != i64::MIN).then(|| {
+        watermark_ms: (m.watermark != i64::MIN).then_some({
             if m.watermark == i64::MAX {
                 i64::MAX
             } else {
