@@ -82,11 +82,14 @@ fn clock_ticks() -> f64 {
 }
 
 /// One read: events per second of wall time, and per CPU second of this process and of the
-/// broker.
+/// broker; from the start (opening the source included), and in the steady state from the
+/// first batch on.
 #[derive(Debug, Clone, Copy)]
 struct Rate {
     wall: f64,
     per_cpu: f64,
+    steady_wall: f64,
+    steady_per_cpu: f64,
     broker_cpu: f64,
 }
 
@@ -103,19 +106,29 @@ async fn read(source: &str, events: u64, broker: &str) -> anyhow::Result<Rate> {
         bail!("not a continuous query")
     };
     let mut n = 0u64;
+    // After the first batch: (rows then, when, CPU seconds then).
+    let mut first: Option<(u64, Instant, f64)> = None;
     while n < events {
         match rows.recv().await {
             Some(b) => n += b.num_rows() as u64,
             None => bail!("the stream ended after {n} of {events} rows"),
         }
+        if first.is_none() {
+            first = Some((n, Instant::now(), cpu_seconds("self")?));
+        }
     }
     let wall = start.elapsed().as_secs_f64();
-    let (cpu, broker_cpu) = (cpu_seconds("self")? - cpu0, cpu_seconds(broker)? - broker0);
+    let cpu_now = cpu_seconds("self")?;
+    let (cpu, broker_cpu) = (cpu_now - cpu0, cpu_seconds(broker)? - broker0);
+    let (n1, t1, cpu1) = first.unwrap_or((0, start, cpu0));
+    let steady = (n - n1) as f64;
     drop(rows);
     session.shutdown().await?;
     Ok(Rate {
         wall: n as f64 / wall,
         per_cpu: n as f64 / cpu.max(0.01),
+        steady_wall: steady / t1.elapsed().as_secs_f64().max(1e-3),
+        steady_per_cpu: steady / (cpu_now - cpu1).max(0.01),
         broker_cpu: broker_cpu / wall,
     })
 }
@@ -230,21 +243,25 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path, broker: &str) -> any
     }
     let (k, f) = (median(&mut k), median(&mut f));
     println!(
-        "{:<26} {:>12} {:>18} {:>12}",
-        "", "events/s", "events/CPU-second", "broker CPU"
+        "{:<26} {:>12} {:>14} {:>14} {:>14} {:>11}",
+        "", "events/s", "per CPU-s", "steady ev/s", "steady/CPU-s", "broker CPU"
     );
     for (name, r) in [("kafka source (json)", k), ("file source (same json)", f)] {
         println!(
-            "{name:<26} {:>12.0} {:>18.0} {:>11.0}%",
+            "{name:<26} {:>12.0} {:>14.0} {:>14.0} {:>14.0} {:>10.0}%",
             r.wall,
             r.per_cpu,
+            r.steady_wall,
+            r.steady_per_cpu,
             r.broker_cpu * 100.0
         );
     }
     println!(
-        "kafka / file: {:.2}x of wall time, {:.2}x per CPU second",
+        "kafka / file: {:.2}x of wall time, {:.2}x per CPU second; steady state {:.2}x and {:.2}x",
         k.wall / f.wall,
-        k.per_cpu / f.per_cpu
+        k.per_cpu / f.per_cpu,
+        k.steady_wall / f.steady_wall,
+        k.steady_per_cpu / f.steady_per_cpu
     );
     Ok(())
 }
