@@ -168,6 +168,20 @@ impl Options {
         }
     }
 
+    /// Takes a comma-separated list of names (`key = 'a, b'`), trimmed, empty ones dropped;
+    /// empty when the option is absent.
+    pub fn take_list(&mut self, key: &str) -> Vec<String> {
+        self.values
+            .remove(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Takes every option whose key starts with `prefix`, prefix included in the key.
     pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
         let keys: Vec<String> = self

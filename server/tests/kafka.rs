@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::free_port;
+use common::{avro_long, free_port, http_get, read_avro_long};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -571,31 +571,6 @@ impl Registry {
     }
 }
 
-/// Avro's variable-length zig-zag long, written by hand so that the test's messages do not
-/// come from the codec under test.
-fn avro_long(out: &mut Vec<u8>, v: i64) {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn read_avro_long(bytes: &[u8], pos: &mut usize) -> i64 {
-    let (mut n, mut shift) = (0u64, 0);
-    loop {
-        let b = bytes[*pos];
-        *pos += 1;
-        n |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            break;
-        }
-        shift += 7;
-    }
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
 const BID_V1: &str = r#"{"type":"record","name":"Bid","namespace":"test","fields":[
     {"name":"auction","type":"long"},{"name":"price","type":"long"},
     {"name":"date_time","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
@@ -781,16 +756,6 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
         );
     }
     assert_eq!(got, want, "schema of the sink: {sink_schema}");
-}
-
-/// `GET path` on a local HTTP port; the whole reply.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).unwrap();
-    reply
 }
 
 /// The value of `metric{pipeline="name"}` in a Prometheus text reply.

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::free_port;
+use common::{free_port, http_get};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -267,22 +267,14 @@ async fn serve_runs_statements_reports_errors_and_survives_a_restart() {
     assert_eq!(e.code(), Code::FailedPrecondition);
 
     // HTTP health, and the Prometheus metrics.
-    let http_get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.http)).unwrap();
-        write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        conn.read_to_string(&mut reply).unwrap();
-        reply
-    };
-    let metrics = http_get("/metrics");
+    let metrics = http_get(server.http, "/metrics");
     assert!(
         metrics.contains("# TYPE sluice_rows_in_total counter")
             && metrics.contains("sluice_rows_in_total{pipeline=\"per_sensor\"} 6000")
             && metrics.contains("sluice_pipeline_running{pipeline=\"per_sensor\"} 0"),
         "{metrics}"
     );
-    let health = http_get("/health");
+    let health = http_get(server.http, "/health");
     assert!(
         health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
         "{health}"

@@ -370,11 +370,6 @@ impl Drop for AvroDecoder {
 }
 
 impl AvroDecoder {
-    /// The schema of the batches.
-    pub fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
     /// Looks up the writer schemas of `messages` not seen before in the registry (and
     /// those it refused more than 30 s ago). Cancel-safe: the lookups go on in a task that
     /// the next call awaits.

@@ -154,15 +154,7 @@ impl KafkaSinkConfig {
     pub fn try_new(mut options: Options) -> Result<Self> {
         let connection = Connection::from_options(&mut options)?;
         let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
-        let key = options
-            .take_string("key")
-            .map(|k| {
-                k.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let key = options.take_list("key");
         options.finish()?;
         Ok(Self {
             connection,

@@ -62,15 +62,7 @@ impl ParquetSinkConfig {
             }
         }
         let rollover_seconds = take_seconds(&mut options, "rollover_seconds")?;
-        let partition_by: Vec<String> = options
-            .take_string("partition_by")
-            .map(|v| {
-                v.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let partition_by = options.take_list("partition_by");
         for (i, column) in partition_by.iter().enumerate() {
             if partition_by[..i].contains(column) {
                 return Err(Error::option(

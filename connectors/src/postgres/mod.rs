@@ -55,15 +55,7 @@ impl PostgresSinkConfig {
             ));
         }
         let table = options.require_string("table")?;
-        let primary_key = options
-            .take_string("primary_key")
-            .map(|k| {
-                k.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let primary_key = options.take_list("primary_key");
         options.finish()?;
         Ok(Self {
             url,

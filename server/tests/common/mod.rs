@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+// Each test binary compiles this module and uses only some of it.
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 
 /// A free loopback port, never the same twice in this process: tests run in parallel, and
@@ -18,4 +21,43 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// `GET path` on a local HTTP port, over a plain TCP socket; the whole reply.
+#[allow(dead_code)] // not every test binary speaks HTTP
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// Writes Avro's variable-length zig-zag long, by hand, so that test messages do not come
+/// from the codec under test.
+#[allow(dead_code)] // not every test binary speaks Avro
+pub fn avro_long(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads an Avro long at `pos`, moving `pos` past it.
+#[allow(dead_code)] // not every test binary speaks Avro
+pub fn read_avro_long(bytes: &[u8], pos: &mut usize) -> i64 {
+    let (mut n, mut shift) = (0u64, 0);
+    loop {
+        let b = bytes[*pos];
+        *pos += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            break;
+        }
+        shift += 7;
+    }
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
