@@ -29,8 +29,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::bad_records::BadRecords;
 use crate::error::{Error, Result};
+use crate::format::nullable_schema;
 use crate::format::registry::{Lookup, SchemaRegistry};
-use crate::format::{line_location, nullable_schema};
 use crate::options::Options;
 use crate::schema_map::SchemaMap;
 
@@ -435,15 +435,14 @@ impl AvroDecoder {
         }
     }
 
-    /// Decodes `messages` (message `i` is reported as `"<source>:<first + i>"` when bad).
+    /// Decodes `messages` (message `i` is reported at `location(i)` when bad).
     ///
     /// # Errors
     /// A bad record when `on_error = 'fail'`.
     pub fn decode<'a>(
         &mut self,
         messages: impl Iterator<Item = &'a [u8]> + Clone,
-        source: &str,
-        first: u64,
+        location: impl Fn(usize) -> String,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
         if let Ok(batch) = self.decode_all(messages.clone()) {
@@ -455,9 +454,7 @@ impl AvroDecoder {
         for (i, message) in messages.enumerate() {
             match self.check(message) {
                 Ok(()) => good.push(message),
-                Err(reason) => {
-                    bad.report(&line_location(source, first + i as u64), &reason, message)?
-                }
+                Err(reason) => bad.report(&location(i), &reason, message)?,
             }
         }
         let batch = self.decode_all(good.into_iter());
@@ -613,6 +610,7 @@ impl AvroEncoder {
 mod tests {
     use super::*;
     use crate::bad_records::OnError;
+    use crate::format::line_location;
     use crate::metrics::ConnectorMetrics;
     use datafusion::arrow::array::{
         Array, AsArray, Int64Array, StringArray, TimestampNanosecondArray,
@@ -674,7 +672,11 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let mut decoder = format.decoder("kafka", &declared()).unwrap();
         let got = decoder
-            .decode(rows.iter().map(Vec::as_slice), "t[0]", 0, &bad())
+            .decode(
+                rows.iter().map(Vec::as_slice),
+                |i| line_location("t[0]", i as u64),
+                &bad(),
+            )
             .unwrap();
         assert_eq!(got, batch());
     }
@@ -698,18 +700,30 @@ mod tests {
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let mut decoder = format.decoder("kafka", &declared()).unwrap();
         let got = decoder
-            .decode(messages.iter().map(Vec::as_slice), "t[0]", 10, &bad)
+            .decode(
+                messages.iter().map(Vec::as_slice),
+                |i| line_location("t[0]", 10 + i as u64),
+                &bad,
+            )
             .unwrap();
         assert_eq!(got, batch());
         assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 2);
         // The decoder is whole again for the next batch.
         let again = decoder
-            .decode(rows.iter().map(Vec::as_slice), "t[0]", 20, &bad)
+            .decode(
+                rows.iter().map(Vec::as_slice),
+                |i| line_location("t[0]", 20 + i as u64),
+                &bad,
+            )
             .unwrap();
         assert_eq!(again, batch());
         let fail = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
         let err = decoder
-            .decode(messages.iter().map(Vec::as_slice), "t[0]", 10, &fail)
+            .decode(
+                messages.iter().map(Vec::as_slice),
+                |i| line_location("t[0]", 10 + i as u64),
+                &fail,
+            )
             .unwrap_err();
         assert!(err.to_string().contains("t[0]:11"), "{err}");
     }
@@ -746,7 +760,11 @@ mod tests {
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
-            .decode(messages.iter().map(Vec::as_slice), "t[0]", 0, &bad)
+            .decode(
+                messages.iter().map(Vec::as_slice),
+                |i| line_location("t[0]", i as u64),
+                &bad,
+            )
             .unwrap();
         let ts = got
             .column(0)
@@ -779,7 +797,11 @@ mod tests {
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
-            .decode(messages.iter().map(Vec::as_slice), "t[0]", 0, &bad)
+            .decode(
+                messages.iter().map(Vec::as_slice),
+                |i| line_location("t[0]", i as u64),
+                &bad,
+            )
             .unwrap();
         let s = got.column(0).as_string::<i32>();
         assert_eq!(
@@ -847,7 +869,11 @@ mod tests {
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
-            .decode(messages.iter().map(Vec::as_slice), "t[1]", 0, &bad)
+            .decode(
+                messages.iter().map(Vec::as_slice),
+                |i| line_location("t[1]", i as u64),
+                &bad,
+            )
             .unwrap();
         let auctions: Vec<i64> = got.column(0).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(auctions, (0..11).collect::<Vec<_>>());

@@ -114,18 +114,94 @@ impl JsonDecoder {
     }
 }
 
-/// The non-empty lines of `data`, numbered from `first_line`.
+/// The number of non-blank lines of `data`: the records of a JSON-lines chunk.
+fn count_records(data: &[u8]) -> usize {
+    let mut count = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
+        if data[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
+            count += 1;
+        }
+        start = end + 1;
+    }
+    count
+}
+
+/// The non-blank lines of `data`, numbered from `first_line`.
 fn lines(data: &[u8], first_line: u64) -> Vec<Line<'_>> {
-    data.split(|b| *b == b'\n')
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, end) in memchr::memchr_iter(b'\n', data)
+        .chain(std::iter::once(data.len()))
         .enumerate()
-        .filter_map(|(i, text)| {
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            (!text.iter().all(u8::is_ascii_whitespace)).then_some(Line {
+    {
+        let text = data.get(start..end).unwrap_or_default();
+        start = end + 1;
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().any(|b| !b.is_ascii_whitespace()) {
+            lines.push(Line {
                 number: first_line + i as u64,
                 text,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    lines
+}
+
+impl JsonDecoder {
+    /// Decodes `data`, which holds the JSON values `records` back to back (each record one
+    /// value, such as messages joined by newlines), decoding them all at once. Only when
+    /// that fails is each record decoded alone: the bad ones are reported at
+    /// `location(i)` and left out.
+    ///
+    /// # Errors
+    /// A bad record when `on_error = 'fail'`.
+    pub fn decode_records<'a>(
+        &mut self,
+        data: &[u8],
+        records: impl ExactSizeIterator<Item = &'a [u8]>,
+        location: impl Fn(usize) -> String,
+        bad: &BadRecords,
+    ) -> Result<RecordBatch> {
+        let expected = records.len();
+        if expected == 0 {
+            return Ok(RecordBatch::new_empty(self.schema()));
+        }
+        if let Ok(batch) = self.decode_all(data, expected) {
+            return self.finish(&batch);
+        }
+        self.decode_each(records, location, bad)
+    }
+
+    /// The slow path: validates each record alone, reports the bad ones, decodes the rest.
+    fn decode_each<'a>(
+        &self,
+        records: impl Iterator<Item = &'a [u8]>,
+        location: impl Fn(usize) -> String,
+        bad: &BadRecords,
+    ) -> Result<RecordBatch> {
+        let mut good: Vec<u8> = Vec::new();
+        let mut count = 0usize;
+        for (i, record) in records.enumerate() {
+            match self.decode_all(record, 1) {
+                Ok(_) => {
+                    good.extend_from_slice(record);
+                    good.push(b'\n');
+                    count += 1;
+                }
+                Err(message) => bad.report(&location(i), &message, record)?,
+            }
+        }
+        if count == 0 {
+            return Ok(RecordBatch::new_empty(self.schema()));
+        }
+        let batch = self.decode_all(&good, count).map_err(|e| {
+            Error::Internal(format!(
+                "json records that decoded alone failed together: {e}"
+            ))
+        })?;
+        self.finish(&batch)
+    }
 }
 
 impl RecordDecoder for JsonDecoder {
@@ -140,38 +216,20 @@ impl RecordDecoder for JsonDecoder {
         first_line: u64,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
-        let lines = lines(data, first_line);
-        if lines.is_empty() {
-            return Ok(RecordBatch::new_empty(self.schema()));
-        }
-        // Fast path: the whole chunk at once.
-        if let Ok(batch) = self.decode_all(data, lines.len()) {
-            return self.finish(&batch);
-        }
-        // Slow path: validate each line alone, report the bad ones, decode the rest.
-        let mut good: Vec<u8> = Vec::with_capacity(data.len());
-        let mut count = 0usize;
-        for line in &lines {
-            match self.decode_all(line.text, 1) {
-                Ok(_) => {
-                    good.extend_from_slice(line.text);
-                    good.push(b'\n');
-                    count += 1;
-                }
-                Err(message) => {
-                    bad.report(&line_location(source, line.number), &message, line.text)?
-                }
-            }
-        }
+        // Fast path: the whole chunk at once, without splitting it into lines.
+        let count = count_records(data);
         if count == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
-        let batch = self.decode_all(&good, count).map_err(|e| {
-            Error::Internal(format!(
-                "json lines that decoded alone failed together: {e}"
-            ))
-        })?;
-        self.finish(&batch)
+        if let Ok(batch) = self.decode_all(data, count) {
+            return self.finish(&batch);
+        }
+        let lines = lines(data, first_line);
+        self.decode_each(
+            lines.iter().map(|l| l.text),
+            |i| line_location(source, lines.get(i).map_or(first_line, |l| l.number)),
+            bad,
+        )
     }
 }
 

@@ -126,9 +126,9 @@ impl MessageFormat {
     /// When a column type cannot be decoded from this format.
     pub fn decoder(&self, schema: &SchemaRef) -> Result<MessageDecoder> {
         Ok(match self {
-            MessageFormat::Json => MessageDecoder::Text(Box::new(JsonDecoder::try_new(schema)?)),
+            MessageFormat::Json => MessageDecoder::Json(Box::new(JsonDecoder::try_new(schema)?)),
             MessageFormat::Csv { delimiter } => {
-                MessageDecoder::Text(Box::new(CsvDecoder::try_new(schema, false, *delimiter)?))
+                MessageDecoder::Csv(Box::new(CsvDecoder::try_new(schema, false, *delimiter)?))
             }
             MessageFormat::Raw => MessageDecoder::Raw(Arc::clone(schema)),
             MessageFormat::Avro(avro) => {
@@ -144,30 +144,41 @@ impl MessageFormat {
     }
 }
 
-/// Payloads of several messages, back to back, with where each ends.
+/// Payloads of several messages, back to back, with where each ends and where each came
+/// from: a number that names it in bad-record reports (a Kafka offset, or a count).
 #[derive(Debug, Default, Clone)]
 pub struct MessageBuffer {
     data: Vec<u8>,
     ends: Vec<usize>,
+    ids: Vec<u64>,
 }
 
 impl MessageBuffer {
-    /// Appends one message. For the text formats messages are separated by a newline; a
-    /// payload's own trailing newline is dropped.
-    pub fn push(&mut self, payload: &[u8]) {
+    /// Appends one message, named `id`. For the text formats messages are separated by a
+    /// newline; a payload's own trailing newline is dropped.
+    pub fn push(&mut self, payload: &[u8], id: u64) {
         let payload = payload.strip_suffix(b"\n").unwrap_or(payload);
-        self.push_binary(payload);
+        self.push_binary(payload, id);
     }
 
-    /// Appends one binary message as it is.
-    pub fn push_binary(&mut self, payload: &[u8]) {
+    /// Appends one binary message, named `id`, as it is.
+    pub fn push_binary(&mut self, payload: &[u8], id: u64) {
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len());
+        self.ids.push(id);
         self.data.push(b'\n');
     }
 
+    /// Where message `i` came from: `"<source>:<id>"`.
+    pub fn location(&self, source: &str, i: usize) -> String {
+        match self.ids.get(i) {
+            Some(id) => format!("{source}:{id}"),
+            None => source.to_string(),
+        }
+    }
+
     /// The messages, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
             let message = &self.data[start..end];
@@ -195,14 +206,17 @@ impl MessageBuffer {
     pub fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
+        self.ids.clear();
     }
 }
 
 /// Decodes a [`MessageBuffer`] into a batch.
 #[derive(Debug)]
 pub enum MessageDecoder {
-    /// JSON or CSV, through the file decoders.
-    Text(Box<dyn RecordDecoder>),
+    /// One JSON value per message (which may span lines).
+    Json(Box<JsonDecoder>),
+    /// One CSV record per message, through the file decoder.
+    Csv(Box<CsvDecoder>),
     /// The payload as a string.
     Raw(SchemaRef),
     /// Avro datums.
@@ -228,8 +242,9 @@ impl MessageDecoder {
         matches!(self, MessageDecoder::Avro(_))
     }
 
-    /// Decodes every message of `messages`; message `i` is reported as `"<source>:<first + i>"`
-    /// when it is bad (for Kafka, `first` is the first message's offset).
+    /// Decodes every message of `messages`; a bad one is reported at
+    /// [`MessageBuffer::location`] (`"<source>:<id>"`; for CSV, the first message's id
+    /// plus the record's line in the buffer).
     ///
     /// # Errors
     /// A bad record when `on_error = 'fail'`.
@@ -237,12 +252,18 @@ impl MessageDecoder {
         &mut self,
         messages: &MessageBuffer,
         source: &str,
-        first: u64,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
+        let locate = |i| messages.location(source, i);
         match self {
-            MessageDecoder::Text(d) => d.decode(&messages.data, source, first, bad),
-            MessageDecoder::Avro(avro) => avro.decode(messages.iter(), source, first, bad),
+            MessageDecoder::Json(d) => {
+                d.decode_records(&messages.data, messages.iter(), locate, bad)
+            }
+            MessageDecoder::Csv(d) => {
+                let first = messages.ids.first().copied().unwrap_or(0);
+                d.decode(&messages.data, source, first, bad)
+            }
+            MessageDecoder::Avro(avro) => avro.decode(messages.iter(), locate, bad),
             MessageDecoder::Raw(schema) => {
                 let values: StringArray = messages
                     .iter()
@@ -286,10 +307,11 @@ impl MessageBatcher {
 
     /// Adds one message.
     pub fn push(&mut self, payload: &[u8]) {
+        self.received += 1;
         if self.decoder.is_binary() {
-            self.pending.push_binary(payload);
+            self.pending.push_binary(payload, self.received);
         } else {
-            self.pending.push(payload);
+            self.pending.push(payload, self.received);
         }
         self.oldest.get_or_insert_with(std::time::Instant::now);
     }
@@ -387,11 +409,9 @@ impl MessageBatcher {
     pub fn emit(&mut self, ctx: &crate::source::SourceContext) -> Result<RecordBatch> {
         let messages = std::mem::take(&mut self.pending);
         self.oldest = None;
-        let first = self.received + 1;
-        self.received += messages.len() as u64;
         let batch = self
             .decoder
-            .decode(&messages, &self.name, first, &ctx.bad_records)?;
+            .decode(&messages, &self.name, &ctx.bad_records)?;
         let m = &ctx.metrics;
         m.records.fetch_add(
             batch.num_rows() as u64,
@@ -559,16 +579,46 @@ mod tests {
         let rows = encode_rows(&MessageFormat::Json, &batch).unwrap();
         assert_eq!(rows.len(), 2);
         let mut buf = MessageBuffer::default();
-        for r in &rows {
-            buf.push(r);
+        for (i, r) in rows.iter().enumerate() {
+            buf.push(r, 10 + i as u64);
         }
-        buf.push(b"not json");
+        buf.push(b"not json", 12);
         let bad = BadRecords::new(OnError::Skip, Arc::new(ConnectorMetrics::default()));
         let mut decoder = MessageFormat::Json.decoder(&schema()).unwrap();
-        let back = decoder.decode(&buf, "t[0]", 10, &bad).unwrap();
+        let back = decoder.decode(&buf, "t[0]", &bad).unwrap();
         assert_eq!(back.num_rows(), 2);
         assert_eq!(back.column(0).as_ref(), batch.column(0).as_ref());
         assert_eq!(back.column(1).as_ref(), batch.column(1).as_ref());
+    }
+
+    /// Regression: JSON messages were split at newlines, so a pretty-printed message
+    /// counted as several bad records, and Kafka bad records were named by the first
+    /// offset plus their index, wrong where offsets have gaps.
+    #[test]
+    fn a_json_message_may_span_lines_and_a_bad_one_is_named_by_its_own_offset() {
+        let mut buf = MessageBuffer::default();
+        buf.push(b"{\n  \"id\": 1,\n  \"name\": \"a\"\n}", 100);
+        buf.push(b"{\"id\": \"x\"}", 105);
+        buf.push(b"", 106);
+        buf.push(b"{\"id\": 3}\n", 110);
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let skip = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let mut decoder = MessageFormat::Json.decoder(&schema()).unwrap();
+        let got = decoder.decode(&buf, "t[0]", &skip).unwrap();
+        let ids = got.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 3]);
+        assert_eq!(
+            metrics
+                .bad_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        let fail = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
+        let err = decoder.decode(&buf, "t[0]", &fail).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadRecord { location, .. } if location == "t[0]:105"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -585,20 +635,20 @@ mod tests {
         let rows = encode_rows(&csv, &batch).unwrap();
         assert_eq!(rows, vec![b"7,\"x,\"\"y\"\"\"".to_vec()]);
         let mut buf = MessageBuffer::default();
-        buf.push(&rows[0]);
+        buf.push(&rows[0], 0);
         let bad = BadRecords::new(OnError::Skip, Arc::new(ConnectorMetrics::default()));
         let back = csv
             .decoder(&schema())
             .unwrap()
-            .decode(&buf, "t", 0, &bad)
+            .decode(&buf, "t", &bad)
             .unwrap();
         assert_eq!(back.column(1).as_ref(), batch.column(1).as_ref());
         let raw_schema = MessageFormat::Raw.schema("kafka", None).unwrap();
         let mut raw = MessageFormat::Raw.decoder(&raw_schema).unwrap();
         let mut buf = MessageBuffer::default();
-        buf.push(b"hello");
-        buf.push(b"world\n");
-        let got = raw.decode(&buf, "t", 0, &bad).unwrap();
+        buf.push(b"hello", 0);
+        buf.push(b"world\n", 1);
+        let got = raw.decode(&buf, "t", &bad).unwrap();
         let values = got
             .column(0)
             .as_any()

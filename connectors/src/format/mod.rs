@@ -111,11 +111,20 @@ impl LineSplitter {
     /// just past the last complete record found so far, and how many records that covers.
     pub fn scan(&mut self, buf: &[u8], max_records: usize) -> (usize, usize) {
         while self.pos < buf.len() && self.records < max_records {
-            let b = buf[self.pos];
-            self.pos += 1;
+            let rest = &buf[self.pos..];
+            let found = match self.quote {
+                Some(q) => memchr::memchr2(q, b'\n', rest),
+                None => memchr::memchr(b'\n', rest),
+            };
+            let Some(at) = found else {
+                self.pos = buf.len();
+                break;
+            };
+            let b = rest[at];
+            self.pos += at + 1;
             if Some(b) == self.quote {
                 self.in_quotes = !self.in_quotes;
-            } else if b == b'\n' {
+            } else {
                 self.newlines += 1;
                 if !self.in_quotes {
                     self.records += 1;

@@ -93,7 +93,6 @@ type KafkaConsumer = StreamConsumer<LagContext>;
 #[derive(Debug, Default)]
 struct Pending {
     messages: MessageBuffer,
-    first: i64,
     last: i64,
     /// When the first of `messages` arrived.
     oldest: Option<Instant>,
@@ -288,10 +287,9 @@ impl KafkaSource {
     fn emit(&mut self, i: usize) -> Result<RecordBatch> {
         let pending = std::mem::take(&mut self.pending[i]);
         let source = format!("{}[{}]", self.topic, self.partitions[i]);
-        let first = u64::try_from(pending.first).unwrap_or(0);
-        let batch =
-            self.decoder
-                .decode(&pending.messages, &source, first, &self.ctx.bad_records)?;
+        let batch = self
+            .decoder
+            .decode(&pending.messages, &source, &self.ctx.bad_records)?;
         self.next[i] = pending.last + 1;
         self.split = Some(Split {
             index: i,
@@ -322,14 +320,13 @@ impl KafkaSource {
         if offset < expected || self.end.as_ref().is_some_and(|e| offset >= e[i]) {
             return;
         }
-        if pending.messages.is_empty() {
-            pending.first = offset;
-        }
         pending.last = offset;
+        // Bad records are reported at their own offsets (offsets may have gaps).
+        let id = u64::try_from(offset).unwrap_or(0);
         if binary {
-            pending.messages.push_binary(payload);
+            pending.messages.push_binary(payload, id);
         } else {
-            pending.messages.push(payload);
+            pending.messages.push(payload, id);
         }
         pending.oldest.get_or_insert_with(Instant::now);
     }
