@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ::parquet::arrow::ProjectionMask;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -68,8 +68,8 @@ enum OpenFile {
 struct TextFile {
     name: String,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
-    /// Bytes read but not decoded yet.
-    buf: Vec<u8>,
+    /// Bytes read but not decoded yet (cutting a chunk off its front copies nothing).
+    buf: BytesMut,
     splitter: LineSplitter,
     /// The line number of the first line in `buf`.
     next_line: u64,
@@ -171,7 +171,7 @@ impl FileSource {
         Ok(OpenFile::Text(TextFile {
             name,
             stream,
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             splitter: LineSplitter::new(quote),
             next_line: 1,
             eof: false,
@@ -213,8 +213,7 @@ impl TextFile {
             };
             if let Some(end) = end {
                 let newlines = self.splitter.newlines_before(end);
-                let rest = self.buf.split_off(end);
-                let chunk = std::mem::replace(&mut self.buf, rest);
+                let chunk = self.buf.split_to(end);
                 self.splitter.cut();
                 let first_line = self.next_line;
                 self.next_line += newlines;
