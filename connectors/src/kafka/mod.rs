@@ -7,6 +7,7 @@
 //! `schema_registry` and `schema_subject`), `key` (sink), and any librdkafka setting as
 //! `properties.<name>` (`properties.security.protocol = 'SSL'`).
 
+mod partition_queue;
 mod sink;
 mod source;
 

@@ -1,7 +1,8 @@
 //! The running `kafka` source: one consumer assigned every partition of the topic at the
 //! offsets to resume from (librdkafka fetches the partitions in parallel in its own
-//! threads), messages buffered per partition and handed out as one batch per partition, so
-//! that the engine keeps a watermark per partition.
+//! threads), each partition's messages taken from its own queue a batch at a time (see
+//! [`super::partition_queue`]), buffered per partition and handed out as one batch per
+//! partition, so that the engine keeps a watermark per partition.
 //!
 //! Its position is the next offset of every partition, saved by checkpoints and also
 //! committed to the consumer group so that lag tools see it. With `bounded = 'latest'` the
@@ -14,15 +15,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::partition_queue::{Fetched, PartitionQueue};
 use super::{KafkaSourceConfig, Start, kafka_error};
 use crate::error::{Error, Result};
 use crate::format::message::{MessageBuffer, MessageDecoder};
@@ -87,7 +90,7 @@ impl ClientContext for LagContext {
 impl ConsumerContext for LagContext {}
 
 /// The source's consumer.
-type KafkaConsumer = StreamConsumer<LagContext>;
+type KafkaConsumer = BaseConsumer<LagContext>;
 
 /// Messages of one partition not handed out yet.
 #[derive(Debug, Default)]
@@ -98,8 +101,38 @@ struct Pending {
     oldest: Option<Instant>,
 }
 
+impl Pending {
+    /// Buffers one message of a partition whose next offset to hand out is `next` and
+    /// whose bounded read ends before `end`.
+    fn accept(&mut self, offset: i64, payload: &[u8], next: i64, end: Option<i64>, binary: bool) {
+        let expected = if self.messages.is_empty() {
+            next
+        } else {
+            self.last + 1
+        };
+        // Below the position: already handed out (a re-delivery after a reconnect).
+        // At or past the end of a bounded read: not part of it.
+        if offset < expected || end.is_some_and(|e| offset >= e) {
+            return;
+        }
+        self.last = offset;
+        // Bad records are reported at their own offsets (offsets may have gaps).
+        let id = u64::try_from(offset).unwrap_or(0);
+        if binary {
+            self.messages.push_binary(payload, id);
+        } else {
+            self.messages.push(payload, id);
+        }
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+}
+
 /// A running `kafka` source.
 pub(super) struct KafkaSource {
+    /// The queue of every assigned partition, with the partition's index.
+    queues: Vec<(usize, PartitionQueue<LagContext>)>,
+    /// Woken when one of `queues` turns non-empty.
+    notify: Arc<Notify>,
     consumer: Arc<KafkaConsumer>,
     topic: String,
     ctx: SourceContext,
@@ -126,7 +159,12 @@ impl KafkaSource {
         let consumer: KafkaConsumer = config
             .connection
             .client_config(&[
-                ("fetch.wait.max.ms", "50"),
+                // A broker answers a fetch once it has data; this bounds the wait of one
+                // that has none (and of brokers, such as tansu, that always wait it out).
+                ("fetch.wait.max.ms", "10"),
+                // When the prefetch queue is full, look again after 10 ms rather than
+                // librdkafka's 1 s: a reader faster than one fetch would otherwise idle.
+                ("fetch.queue.backoff.ms", "10"),
                 // One partition's fetch carries up to 8 MiB (librdkafka's default is 1 MiB),
                 // so that a fast reader of one partition waits on fewer round trips.
                 ("max.partition.fetch.bytes", "8388608"),
@@ -225,10 +263,14 @@ impl KafkaSource {
             }
         }
         let mut tpl = TopicPartitionList::new();
+        let notify = Arc::new(Notify::new());
+        let mut queues = Vec::new();
         for (i, &p) in partitions.iter().enumerate() {
             if end.as_ref().is_none_or(|e| next[i] < e[i]) {
                 tpl.add_partition_offset(&topic, p, Offset::Offset(next[i]))
                     .map_err(kafka_error)?;
+                // Split off before assigning, so that every message lands in it.
+                queues.push((i, PartitionQueue::split(&consumer, &topic, p, &notify)?));
             }
         }
         consumer.assign(&tpl).map_err(kafka_error)?;
@@ -242,6 +284,8 @@ impl KafkaSource {
         let decoder = config.format.decoder(&config.schema)?;
         Ok(Self {
             pending: partitions.iter().map(|_| Pending::default()).collect(),
+            queues,
+            notify,
             consumer,
             topic,
             ctx,
@@ -303,32 +347,55 @@ impl KafkaSource {
         Ok(batch)
     }
 
-    /// Buffers one message.
+    /// Buffers one message of `partition`.
     fn accept(&mut self, partition: i32, offset: i64, payload: &[u8]) {
         let Some(i) = self.partitions.iter().position(|p| *p == partition) else {
             return;
         };
+        let end = self.end.as_ref().map(|e| e[i]);
         let binary = self.decoder.is_binary();
-        let pending = &mut self.pending[i];
-        let expected = if pending.messages.is_empty() {
-            self.next[i]
-        } else {
-            pending.last + 1
-        };
-        // Below the position: already handed out (a re-delivery after a reconnect).
-        // At or past the end of a bounded read: not part of it.
-        if offset < expected || self.end.as_ref().is_some_and(|e| offset >= e[i]) {
-            return;
+        self.pending[i].accept(offset, payload, self.next[i], end, binary);
+    }
+
+    /// Serves the consumer's own queue: statistics, commit results and client errors
+    /// (a message there is buffered like any other). Returns the first error.
+    fn serve_consumer_queue(&mut self) -> Option<KafkaError> {
+        let consumer = Arc::clone(&self.consumer);
+        loop {
+            match consumer.poll(Duration::ZERO) {
+                None => return None,
+                Some(Ok(msg)) => {
+                    let (partition, offset) = (msg.partition(), msg.offset());
+                    self.accept(partition, offset, msg.payload().unwrap_or_default());
+                }
+                Some(Err(e)) => return Some(e),
+            }
         }
-        pending.last = offset;
-        // Bad records are reported at their own offsets (offsets may have gaps).
-        let id = u64::try_from(offset).unwrap_or(0);
-        if binary {
-            pending.messages.push_binary(payload, id);
-        } else {
-            pending.messages.push(payload, id);
+    }
+
+    /// Buffers what the partitions' queues hold, up to a batch per partition, without
+    /// waiting. Returns how many messages there were, and the first error among them.
+    fn take_fetched(&mut self) -> (usize, Option<KafkaError>) {
+        let binary = self.decoder.is_binary();
+        let mut taken = 0;
+        let mut error = None;
+        for (i, queue) in &mut self.queues {
+            let i = *i;
+            let (Some(pending), Some(&next)) = (self.pending.get_mut(i), self.next.get(i)) else {
+                continue;
+            };
+            let end = self.end.as_ref().and_then(|e| e.get(i).copied());
+            let room = self.ctx.batch_size.saturating_sub(pending.messages.len());
+            taken += queue.drain(room, |fetched| match fetched {
+                Fetched::Message { offset, payload } => {
+                    pending.accept(offset, payload, next, end, binary)
+                }
+                Fetched::Error(e) => {
+                    error.get_or_insert(e);
+                }
+            });
         }
-        pending.oldest.get_or_insert_with(Instant::now);
+        (taken, error)
     }
 }
 
@@ -353,8 +420,6 @@ async fn blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl Source for KafkaSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let consumer = Arc::clone(&self.consumer);
-        let mut stream = consumer.stream();
         loop {
             if let Some(i) = self.ready() {
                 // Cancel-safe: a registry lookup only fills the decoder's cache.
@@ -368,22 +433,14 @@ impl Source for KafkaSource {
             if self.exhausted() {
                 return Ok(None);
             }
-            // Take what the client has fetched already without waiting (no timer per
-            // message), up to a batch.
-            let mut taken = 0;
-            while taken < self.ctx.batch_size {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(msg))) => {
-                        let (partition, offset) = (msg.partition(), msg.offset());
-                        self.accept(partition, offset, msg.payload().unwrap_or_default());
-                        taken += 1;
-                    }
-                    Some(Some(Err(e))) => {
-                        consumer_error(&self.topic, &e).await;
-                        break;
-                    }
-                    Some(None) | None => break,
-                }
+            if let Some(e) = self.serve_consumer_queue() {
+                consumer_error(&self.topic, &e).await;
+                continue;
+            }
+            // Take what the client has fetched already, without waiting.
+            let (taken, error) = self.take_fetched();
+            if let Some(e) = error {
+                consumer_error(&self.topic, &e).await;
             }
             if taken > 0 {
                 continue;
@@ -396,14 +453,9 @@ impl Source for KafkaSource {
                 .map(|t| self.ctx.linger.saturating_sub(t.elapsed()))
                 .unwrap_or(self.ctx.linger)
                 .max(Duration::from_millis(1));
-            match tokio::time::timeout(wait, stream.next()).await {
-                Err(_) | Ok(None) => {}
-                Ok(Some(Ok(msg))) => {
-                    let (partition, offset) = (msg.partition(), msg.offset());
-                    self.accept(partition, offset, msg.payload().unwrap_or_default());
-                }
-                Ok(Some(Err(e))) => consumer_error(&self.topic, &e).await,
-            }
+            // Woken by a queue turning non-empty; the timeout also serves the consumer's
+            // queue (statistics, errors) at least every `linger`.
+            let _ = tokio::time::timeout(wait, self.notify.notified()).await;
         }
     }
 
