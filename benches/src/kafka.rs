@@ -32,6 +32,13 @@ struct Args {
     /// Runs of each; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Partitions of the topic (read by the one source task).
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// The producer's `compression.type`: none, lz4, zstd, snappy or gzip. The broker keeps
+    /// record batches as produced, so the consumer fetches them compressed.
+    #[arg(long, default_value = "none")]
+    compression: String,
     /// The tansu binary (default: where scripts/test installs it).
     #[arg(long)]
     tansu: Option<std::path::PathBuf>,
@@ -180,7 +187,11 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path, broker: &str) -> any
         .create()?;
     for r in admin
         .create_topics(
-            [&NewTopic::new("bids", 1, TopicReplication::Fixed(1))],
+            [&NewTopic::new(
+                "bids",
+                args.partitions,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new(),
         )
         .await?
@@ -192,6 +203,7 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path, broker: &str) -> any
         .set("broker.address.family", "v4")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
+        .set("compression.type", &args.compression)
         .create()?;
     let path = dir.join("bids.json");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -217,10 +229,13 @@ async fn run(args: &Args, port: u16, dir: &std::path::Path, broker: &str) -> any
     drop(producer);
     drop(admin);
     println!(
-        "produced {} JSON bids in {:.1} s; one topic partition; one core for the pipeline \
-         (current-thread runtime), librdkafka's fetch threads beside it; median of {} runs",
+        "produced {} JSON bids in {:.1} s; {} topic partition(s), compression {}; one core for \
+         the pipeline (current-thread runtime), librdkafka's fetch threads beside it; median \
+         of {} runs",
         args.events,
         started.elapsed().as_secs_f64(),
+        args.partitions,
+        args.compression,
         args.repeat
     );
     let columns =
