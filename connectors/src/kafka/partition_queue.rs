@@ -36,8 +36,8 @@ pub(super) enum Fetched<'a> {
 /// turns non-empty.
 pub(super) struct PartitionQueue<C: ConsumerContext + 'static> {
     queue: NonNull<rd::rd_kafka_queue_t>,
-    /// Where the wake-up callback's argument points; it must outlive the callback.
-    _wake: Box<Arc<Notify>>,
+    /// What the wake-up callback's argument points at; it must outlive the callback.
+    _wake: Arc<Notify>,
     /// Room for the messages of one drain.
     taken: Vec<*mut rd::rd_kafka_message_t>,
     /// The queue belongs to this client, which must outlive it.
@@ -50,9 +50,9 @@ unsafe impl<C: ConsumerContext + 'static> Send for PartitionQueue<C> {}
 
 /// Called by librdkafka, from its own threads, when a queue turns non-empty.
 unsafe extern "C" fn wake_up(_rk: *mut rd::rd_kafka_t, opaque: *mut c_void) {
-    // SAFETY: `opaque` is the `Box<Arc<Notify>>` of a live `PartitionQueue`: the callback is
-    // disabled in `Drop` before that box is freed.
-    let notify = unsafe { &*(opaque as *const Arc<Notify>) };
+    // SAFETY: `opaque` points at the `Notify` a live `PartitionQueue` holds an `Arc` of: the
+    // callback is disabled in `Drop` before that `Arc` is released.
+    let notify = unsafe { &*(opaque as *const Notify) };
     notify.notify_one();
 }
 
@@ -84,16 +84,17 @@ impl<C: ConsumerContext + 'static> PartitionQueue<C> {
                 format!("librdkafka has no queue for partition {topic}[{partition}]"),
             )
         })?;
-        let wake = Box::new(Arc::clone(notify));
+        let wake = Arc::clone(notify);
         // SAFETY: `queue` is the live queue just obtained. Forwarding it to nothing marks it
         // as the application's, so that starting the fetch does not forward it again. The
-        // callback's argument is the boxed `Arc`, freed only after `Drop` disables it.
+        // callback's argument is the `Notify` behind `wake`, released only after `Drop`
+        // disables it.
         unsafe {
             rd::rd_kafka_queue_forward(queue.as_ptr(), ptr::null_mut());
             rd::rd_kafka_queue_cb_event_enable(
                 queue.as_ptr(),
                 Some(wake_up),
-                &*wake as *const Arc<Notify> as *mut c_void,
+                Arc::as_ptr(&wake) as *mut c_void,
             );
         }
         Ok(Self {
