@@ -35,8 +35,9 @@ struct Args {
     /// Partitions of the topic (read by the one source task).
     #[arg(long, default_value_t = 1)]
     partitions: i32,
-    /// The producer's `compression.type`: none, lz4, zstd, snappy or gzip. The broker keeps
-    /// record batches as produced, so the consumer fetches them compressed.
+    /// The producer's `compression.type`: none, lz4, snappy or gzip (librdkafka is built
+    /// without zstd). The broker keeps record batches as produced, so the consumer fetches
+    /// them compressed.
     #[arg(long, default_value = "none")]
     compression: String,
     /// The tansu binary (default: where scripts/test installs it).

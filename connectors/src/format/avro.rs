@@ -612,6 +612,12 @@ mod tests {
     use crate::bad_records::OnError;
     use crate::format::line_location;
     use crate::metrics::ConnectorMetrics;
+
+    /// Names message `i` `"<source>:<first + i>"`, as the message buffer does for counted
+    /// messages.
+    fn at(source: &'static str, first: u64) -> impl Fn(usize) -> String {
+        move |i| line_location(source, first + i as u64)
+    }
     use datafusion::arrow::array::{
         Array, AsArray, Int64Array, StringArray, TimestampNanosecondArray,
     };
@@ -672,11 +678,7 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let mut decoder = format.decoder("kafka", &declared()).unwrap();
         let got = decoder
-            .decode(
-                rows.iter().map(Vec::as_slice),
-                |i| line_location("t[0]", i as u64),
-                &bad(),
-            )
+            .decode(rows.iter().map(Vec::as_slice), at("t[0]", 0), &bad())
             .unwrap();
         assert_eq!(got, batch());
     }
@@ -700,30 +702,18 @@ mod tests {
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let mut decoder = format.decoder("kafka", &declared()).unwrap();
         let got = decoder
-            .decode(
-                messages.iter().map(Vec::as_slice),
-                |i| line_location("t[0]", 10 + i as u64),
-                &bad,
-            )
+            .decode(messages.iter().map(Vec::as_slice), at("t[0]", 10), &bad)
             .unwrap();
         assert_eq!(got, batch());
         assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 2);
         // The decoder is whole again for the next batch.
         let again = decoder
-            .decode(
-                rows.iter().map(Vec::as_slice),
-                |i| line_location("t[0]", 20 + i as u64),
-                &bad,
-            )
+            .decode(rows.iter().map(Vec::as_slice), at("t[0]", 20), &bad)
             .unwrap();
         assert_eq!(again, batch());
         let fail = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
         let err = decoder
-            .decode(
-                messages.iter().map(Vec::as_slice),
-                |i| line_location("t[0]", 10 + i as u64),
-                &fail,
-            )
+            .decode(messages.iter().map(Vec::as_slice), at("t[0]", 10), &fail)
             .unwrap_err();
         assert!(err.to_string().contains("t[0]:11"), "{err}");
     }
@@ -760,11 +750,7 @@ mod tests {
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
-            .decode(
-                messages.iter().map(Vec::as_slice),
-                |i| line_location("t[0]", i as u64),
-                &bad,
-            )
+            .decode(messages.iter().map(Vec::as_slice), at("t[0]", 0), &bad)
             .unwrap();
         let ts = got
             .column(0)
@@ -797,11 +783,7 @@ mod tests {
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
-            .decode(
-                messages.iter().map(Vec::as_slice),
-                |i| line_location("t[0]", i as u64),
-                &bad,
-            )
+            .decode(messages.iter().map(Vec::as_slice), at("t[0]", 0), &bad)
             .unwrap();
         let s = got.column(0).as_string::<i32>();
         assert_eq!(
@@ -869,11 +851,7 @@ mod tests {
         let metrics = Arc::new(ConnectorMetrics::default());
         let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
         let got = decoder
-            .decode(
-                messages.iter().map(Vec::as_slice),
-                |i| line_location("t[1]", i as u64),
-                &bad,
-            )
+            .decode(messages.iter().map(Vec::as_slice), at("t[1]", 0), &bad)
             .unwrap();
         let auctions: Vec<i64> = got.column(0).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(auctions, (0..11).collect::<Vec<_>>());

@@ -114,38 +114,30 @@ impl JsonDecoder {
     }
 }
 
-/// The number of non-blank lines of `data`: the records of a JSON-lines chunk.
-fn count_records(data: &[u8]) -> usize {
-    let mut count = 0;
+/// The non-blank lines of `data` (without a trailing `\r`), each with its index from 0.
+fn non_blank_lines(data: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
-        if data[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
-            count += 1;
-        }
-        start = end + 1;
-    }
-    count
+    memchr::memchr_iter(b'\n', data)
+        .chain(std::iter::once(data.len()))
+        .enumerate()
+        .filter_map(move |(i, end)| {
+            let text = data.get(start..end).unwrap_or_default();
+            start = end + 1;
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            text.iter()
+                .any(|b| !b.is_ascii_whitespace())
+                .then_some((i, text))
+        })
 }
 
 /// The non-blank lines of `data`, numbered from `first_line`.
 fn lines(data: &[u8], first_line: u64) -> Vec<Line<'_>> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    for (i, end) in memchr::memchr_iter(b'\n', data)
-        .chain(std::iter::once(data.len()))
-        .enumerate()
-    {
-        let text = data.get(start..end).unwrap_or_default();
-        start = end + 1;
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.iter().any(|b| !b.is_ascii_whitespace()) {
-            lines.push(Line {
-                number: first_line + i as u64,
-                text,
-            });
-        }
-    }
-    lines
+    non_blank_lines(data)
+        .map(|(i, text)| Line {
+            number: first_line + i as u64,
+            text,
+        })
+        .collect()
 }
 
 impl JsonDecoder {
@@ -217,7 +209,7 @@ impl RecordDecoder for JsonDecoder {
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
         // Fast path: the whole chunk at once, without splitting it into lines.
-        let count = count_records(data);
+        let count = non_blank_lines(data).count();
         if count == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
