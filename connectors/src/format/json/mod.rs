@@ -2,8 +2,12 @@
 //!
 //! Fields not declared are ignored and declared fields that are missing are NULL. Timestamps
 //! may be ISO-8601 strings or epoch-millisecond numbers: timestamp columns are decoded as
-//! milliseconds and cast to the declared unit afterwards. A whole chunk is decoded at once;
-//! only when that fails is it decoded line by line, to find and report the bad lines.
+//! milliseconds and cast to the declared unit afterwards. A whole chunk is decoded at once,
+//! first by the [`flat`] fast path, which takes only chunks it decodes exactly as Arrow's
+//! decoder does, then by Arrow's decoder; only when that fails is it decoded line by line,
+//! to find and report the bad lines.
+
+mod flat;
 
 use std::sync::Arc;
 
@@ -18,6 +22,8 @@ use crate::bad_records::BadRecords;
 use crate::error::{Error, Result};
 use crate::format::{RecordDecoder, batch_with_rows, line_location, nullable_schema};
 
+use self::flat::FlatDecoder;
+
 /// Decodes JSON lines into batches of a declared schema.
 #[derive(Debug)]
 pub struct JsonDecoder {
@@ -25,6 +31,8 @@ pub struct JsonDecoder {
     schema: SchemaRef,
     /// What the Arrow decoder reads: timestamps as milliseconds.
     reader_schema: SchemaRef,
+    /// The fast path, when every column has a type it decodes.
+    flat: Option<FlatDecoder>,
 }
 
 /// One non-empty line of a chunk.
@@ -55,6 +63,7 @@ impl JsonDecoder {
         let reader_schema = Arc::new(Schema::new(fields));
         let decoder = Self {
             schema,
+            flat: FlatDecoder::try_new(&reader_schema),
             reader_schema,
         };
         decoder
@@ -151,13 +160,16 @@ impl JsonDecoder {
     pub fn decode_records<'a>(
         &mut self,
         data: &[u8],
-        records: impl ExactSizeIterator<Item = &'a [u8]>,
+        records: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
         location: impl Fn(usize) -> String,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
         let expected = records.len();
         if expected == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
+        }
+        if let Some(batch) = self.flat.as_mut().and_then(|f| f.decode(records.clone())) {
+            return self.finish(&batch);
         }
         if let Ok(batch) = self.decode_all(data, expected) {
             return self.finish(&batch);
@@ -208,11 +220,16 @@ impl RecordDecoder for JsonDecoder {
         first_line: u64,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
-        // Fast path: the whole chunk at once, without splitting it into lines.
         let count = non_blank_lines(data).count();
         if count == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
+        if let Some(flat) = self.flat.as_mut() {
+            if let Some(batch) = flat.decode(non_blank_lines(data).map(|(_, text)| text)) {
+                return self.finish(&batch);
+            }
+        }
+        // Then Arrow's decoder on the whole chunk, without splitting it into lines.
         if let Ok(batch) = self.decode_all(data, count) {
             return self.finish(&batch);
         }
