@@ -164,6 +164,10 @@ impl Column {
                 _ => return false,
             },
             Self::Utf8(b) => match node {
+                // Past i32 offsets the builder would panic; Arrow's decoder reports an error.
+                Node::String(s) if b.values_slice().len() + s.len() > i32::MAX as usize => {
+                    return false;
+                }
                 Node::String(s) => b.append_value(s),
                 // What Arrow's decoder writes for booleans with primitive coercion; numbers
                 // keep their text there, which the tape no longer has.
@@ -210,8 +214,13 @@ where
 }
 
 impl FlatDecoder {
-    /// A decoder for `schema`, or `None` when a column's type is not one this path decodes.
+    /// A decoder for `schema`, or `None` when a column's type is not one this path decodes
+    /// or two columns share a name (Arrow's decoder fills only the first).
     pub(super) fn try_new(schema: &SchemaRef) -> Option<Self> {
+        let fields = schema.fields();
+        if (1..fields.len()).any(|i| fields[..i].iter().any(|f| f.name() == fields[i].name())) {
+            return None;
+        }
         let columns = schema
             .fields()
             .iter()
@@ -294,6 +303,7 @@ fn append_object(
     names: &[Box<[u8]>],
     seen: &mut [bool],
 ) -> bool {
+    // A parsed tape is one value; the length check only guards the walk below.
     let Some(Node::Object { len, count }) = nodes.first() else {
         return false;
     };
@@ -383,7 +393,7 @@ mod tests {
     }
 
     fn flat(schema: &SchemaRef, lines: &[&str]) -> Option<RecordBatch> {
-        let mut d = FlatDecoder::try_new(schema)?;
+        let mut d = FlatDecoder::try_new(schema).expect("a schema of flat columns");
         d.decode(lines.iter().map(|l| l.as_bytes()))
     }
 
@@ -428,13 +438,12 @@ mod tests {
             r#"{"b":1}"#,                          // not a boolean
             r#"{"t":"yesterday"}"#,                // not a timestamp
             r#"{"t":1.5}"#,                        // a fractional timestamp
-            r#"{"i64":1,"i64":2}"#,                // a duplicate key: Arrow keeps the last
             r#"{"s":{"a":1}}"#,                    // nested value in a declared column
             r#"[1,2]"#,                            // not an object
             r#"null"#,                             // not an object
             r#"{"i64":1} {"i64":2}"#,              // two values
             r#"{"i64":1"#,                         // incomplete
-            "{\"s\":\"tab\there\"}",               // a raw control character
+            "{\"s\":\"tab\there\"}", // a raw control character: simd-json is stricter than Arrow
             r#"{"i64":123456789012345678901234}"#, // too big for simd-json's integers
         ] {
             assert_eq!(flat(&s, &[r#"{"i64":1}"#, line]), None, "{line}");
@@ -442,7 +451,36 @@ mod tests {
     }
 
     #[test]
-    fn schemas_with_other_types_are_left_to_arrow() {
+    fn a_second_value_for_a_field_is_declined_not_appended() {
+        let s = schema(&[("a", DataType::Int64), ("b", DataType::Int64)]);
+        let mut d = FlatDecoder::try_new(&s).expect("flat schema");
+        assert!(d.record(br#"{"a":1,"b":2}"#));
+        // Arrow keeps the last value; this path declines the chunk instead.
+        assert!(!d.record(br#"{"a":1,"a":2}"#));
+        assert!(!d.record(br#"{"b":1,"a":2,"b":3}"#));
+    }
+
+    #[test]
+    fn escaped_keys_whitespace_and_wide_schemas_decode_as_arrow_decodes_them() {
+        // 20 fields: Arrow looks wide schemas up in a map, narrow ones by position.
+        let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let fields: Vec<(&str, DataType)> = names
+            .iter()
+            .map(|n| (n.as_str(), DataType::Int64))
+            .collect();
+        let wide = schema(&fields);
+        let lines = [
+            "{ \"c\\u0031\" : -0 ,\n\t\"c19\":7, \"c3\" :null }",
+            r#"{"c5":1,"c4":2,"c0":3,"x":{"c1":9}}"#,
+        ];
+        let expected = arrow(&wide, &lines).expect("arrow decodes them");
+        assert_eq!(flat(&wide, &lines), Some(expected));
+    }
+
+    #[test]
+    fn schemas_with_other_types_or_repeated_names_are_left_to_arrow() {
+        let repeated = schema(&[("a", DataType::Int64), ("a", DataType::Int64)]);
+        assert!(FlatDecoder::try_new(&repeated).is_none());
         assert!(FlatDecoder::try_new(&schema(&[("d", DataType::Date32)])).is_none());
         let tz = DataType::Timestamp(TimeUnit::Millisecond, Some("+01:00".into()));
         assert!(FlatDecoder::try_new(&schema(&[("t", tz)])).is_none());
