@@ -5,6 +5,7 @@
 //! This module validates a `CREATE SOURCE ... WITH (connector = 'file', ...)`; the running
 //! source is in [`source`], the sink in [`sink`].
 
+mod blocks;
 pub mod sink;
 pub mod source;
 

@@ -166,7 +166,7 @@ impl FileSource {
                 return Ok(OpenFile::Parquet(ParquetFile { stream, map }));
             }
         };
-        let stream = store.get(&meta.location).await?.into_stream();
+        let stream = super::blocks::blocks(store.get(&meta.location).await?);
         let quote = matches!(config.format, SourceFormat::Csv { .. }).then_some(b'"');
         Ok(OpenFile::Text(TextFile {
             name,
