@@ -224,10 +224,10 @@ impl RecordDecoder for JsonDecoder {
         if count == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
-        if let Some(flat) = self.flat.as_mut() {
-            if let Some(batch) = flat.decode(non_blank_lines(data).map(|(_, text)| text)) {
-                return self.finish(&batch);
-            }
+        if let Some(flat) = self.flat.as_mut()
+            && let Some(batch) = flat.decode(non_blank_lines(data).map(|(_, text)| text))
+        {
+            return self.finish(&batch);
         }
         // Then Arrow's decoder on the whole chunk, without splitting it into lines.
         if let Ok(batch) = self.decode_all(data, count) {
