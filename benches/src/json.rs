@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::json::ReaderBuilder;
 use arrow::record_batch::RecordBatch;
 use clap::Parser;
+use sluice_benches::bid;
 use sluice_connectors::bad_records::{BadRecords, OnError};
 use sluice_connectors::format::{JsonDecoder, RecordDecoder};
 use sluice_connectors::metrics::ConnectorMetrics;
@@ -29,18 +30,6 @@ struct Args {
     /// Runs of each; the median is reported.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-}
-
-/// The bid of kafka-bench, so that both benches decode the same records.
-fn bid(i: usize) -> String {
-    format!(
-        r#"{{"auction": {}, "bidder": {}, "price": {}, "channel": "channel-{}", "date_time": {}}}"#,
-        i % 1000,
-        (i * 7) % 10_007,
-        (i * 7919) % 100_000,
-        i % 10,
-        1_704_067_200_000 + i
-    )
 }
 
 fn schema(time: TimeUnit) -> SchemaRef {
@@ -72,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         .chunks(chunk_rows)
         .map(|c| {
             c.iter()
-                .flat_map(|&i| (bid(i) + "\n").into_bytes())
+                .flat_map(|&i| (bid(i as u64) + "\n").into_bytes())
                 .collect()
         })
         .collect();

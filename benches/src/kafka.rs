@@ -21,6 +21,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_benches::bid;
 use sluice_engine::{Session, StatementOutput};
 
 /// Kafka source against file source over the same JSON events.
@@ -51,17 +52,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(bench(args))
-}
-
-fn bid(i: u64) -> String {
-    format!(
-        r#"{{"auction": {}, "bidder": {}, "price": {}, "channel": "channel-{}", "date_time": {}}}"#,
-        i % 1000,
-        (i * 7) % 10_007,
-        (i * 7919) % 100_000,
-        i % 10,
-        1_704_067_200_000 + i
-    )
 }
 
 /// CPU time a process used so far (user and system, all threads), from `/proc/<pid>/stat`.

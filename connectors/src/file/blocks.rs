@@ -30,17 +30,15 @@ fn local(
     path: std::path::PathBuf,
     range: Range<u64>,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
-    let state = (file, range.start, range.end, false);
-    futures::stream::try_unfold(state, move |(mut file, at, end, positioned)| {
+    let end = range.end;
+    futures::stream::try_unfold((file, range.start), move |(mut file, at)| {
         let path = path.clone();
         async move {
             if at >= end {
                 return Ok(None);
             }
             let read = tokio::task::spawn_blocking(move || {
-                if !positioned {
-                    file.seek(SeekFrom::Start(at))?;
-                }
+                file.seek(SeekFrom::Start(at))?;
                 let mut block = Vec::new();
                 (&mut file)
                     .take(BLOCK.min(end - at))
@@ -58,7 +56,7 @@ fn local(
                 return Ok(None);
             }
             let next = at + block.len() as u64;
-            Ok(Some((Bytes::from(block), (file, next, end, true))))
+            Ok(Some((Bytes::from(block), (file, next))))
         }
     })
     .boxed()

@@ -220,14 +220,15 @@ impl RecordDecoder for JsonDecoder {
         first_line: u64,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
-        let count = non_blank_lines(data).count();
-        if count == 0 {
-            return Ok(RecordBatch::new_empty(self.schema()));
-        }
+        // The fast path counts the lines as it goes; only Arrow's decoder needs the count.
         if let Some(flat) = self.flat.as_mut()
             && let Some(batch) = flat.decode(non_blank_lines(data).map(|(_, text)| text))
         {
             return self.finish(&batch);
+        }
+        let count = non_blank_lines(data).count();
+        if count == 0 {
+            return Ok(RecordBatch::new_empty(self.schema()));
         }
         // Then Arrow's decoder on the whole chunk, without splitting it into lines.
         if let Ok(batch) = self.decode_all(data, count) {
