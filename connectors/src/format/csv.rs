@@ -4,11 +4,17 @@
 //! An empty field is NULL. A record with the wrong number of fields, invalid UTF-8, or a
 //! value that does not cast to its column's type is a bad record: reported with its
 //! `"<source>:<line>"` location and left out of the batch.
+//!
+//! Messages (Kafka, MQTT, NATS) are decoded many at a time from one buffer
+//! ([`CsvDecoder::decode_messages`]), each bad record named by its message, and a record
+//! may not run past the end of its message: one message with an unclosed quote is one bad
+//! record, not the swallower of every message after it.
 
+use std::io::Cursor;
 use std::ops::Range;
 use std::sync::Arc;
 
-use ::csv::{ErrorKind as CsvErrorKind, ReaderBuilder, StringRecord};
+use ::csv::{ErrorKind as CsvErrorKind, Position, ReaderBuilder, StringRecord};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray, StringBuilder};
 use datafusion::arrow::compute::{
     CastOptions, and, can_cast_types, cast_with_options, filter, is_not_null, is_null, not, or,
@@ -39,17 +45,27 @@ pub struct CsvDecoder {
     expected_fields: usize,
 }
 
-/// A record that made it into the string columns: where it came from.
+/// A record that made it into the string columns: where it came from (`line`: its line in
+/// a file, or its message's index in a message buffer).
 struct RowOrigin {
     line: u64,
     raw: Range<usize>,
 }
 
-/// A record rejected while decoding.
+/// A record rejected while decoding (`line` as in [`RowOrigin`]).
 struct BadRow {
     line: u64,
     message: String,
     raw: Range<usize>,
+}
+
+/// How records sit in the bytes being decoded.
+#[derive(Clone, Copy)]
+enum Framing<'a> {
+    /// Lines of a file, the first being line `first_line`.
+    Lines { first_line: u64 },
+    /// Messages separated by one `\n` each; message `i` ends (exclusive) at `ends[i]`.
+    Messages { ends: &'a [usize] },
 }
 
 impl CsvDecoder {
@@ -143,25 +159,99 @@ impl RecordDecoder for CsvDecoder {
         } else {
             data
         };
+        self.decode_framed(data, source, Framing::Lines { first_line }, bad, &|line| {
+            line_location(source, line)
+        })
+    }
+}
+
+impl CsvDecoder {
+    /// Decodes messages of one record each, held in `data` one after another with a `\n`
+    /// after each; message `i` ends (exclusive) at `ends[i]`. A bad record is reported at
+    /// `locate(i)` of its message. A record that would run past the end of its message (an
+    /// unclosed quote) is a bad record, and decoding goes on with the next message.
+    ///
+    /// # Errors
+    /// The first bad record when `on_error = 'fail'`, or an I/O error of the dead-letter file.
+    pub fn decode_messages(
+        &mut self,
+        data: &[u8],
+        ends: &[usize],
+        source: &str,
+        locate: impl Fn(usize) -> String,
+        bad: &BadRecords,
+    ) -> Result<RecordBatch> {
+        self.decode_framed(data, source, Framing::Messages { ends }, bad, &|i| {
+            locate(usize::try_from(i).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn decode_framed(
+        &mut self,
+        data: &[u8],
+        source: &str,
+        framing: Framing<'_>,
+        bad: &BadRecords,
+        render: &dyn Fn(u64) -> String,
+    ) -> Result<RecordBatch> {
+        let first_line = match framing {
+            Framing::Lines { first_line } => first_line,
+            Framing::Messages { .. } => 0,
+        };
         let mut reader = ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .delimiter(self.delimiter)
-            .from_reader(data);
+            .from_reader(Cursor::new(data));
         let mut builders: Vec<StringBuilder> =
             self.columns.iter().map(|_| StringBuilder::new()).collect();
         let mut rows: Vec<RowOrigin> = Vec::new();
         let mut bad_rows: Vec<BadRow> = Vec::new();
         let mut record = StringRecord::new();
         let mut cursor = (0usize, first_line);
+        // Messages: the one the next record starts in.
+        let mut message = 0usize;
         loop {
             let start = reader.position().byte() as usize;
             let result = reader.read_record(&mut record);
             let end = reader.position().byte() as usize;
+            if let Framing::Messages { ends } = framing
+                && !matches!(result, Ok(false))
+            {
+                let (_, raw) = locate(data, start, end, &mut cursor);
+                while ends.get(message).is_some_and(|e| *e < raw.start) {
+                    message += 1;
+                }
+                let Some(&stop) = ends.get(message) else {
+                    break;
+                };
+                if raw.end > stop {
+                    let from = message.checked_sub(1).map_or(0, |m| ends[m] + 1);
+                    bad_rows.push(BadRow {
+                        line: message as u64,
+                        message: "the record runs past the end of its message (an unclosed quote?)"
+                            .to_string(),
+                        raw: from..stop,
+                    });
+                    // Go on with the next message; its line numbers no longer matter.
+                    let mut next = Position::new();
+                    next.set_byte((stop + 1) as u64);
+                    reader
+                        .seek(next)
+                        .map_err(|e| Error::Internal(format!("csv reader seek: {e}")))?;
+                    message += 1;
+                    continue;
+                }
+            }
+            let at = match framing {
+                Framing::Lines { .. } => None,
+                Framing::Messages { .. } => Some(message as u64),
+            };
             match result {
                 Ok(false) => break,
                 Ok(true) => {
                     let (line, raw) = locate(data, start, end, &mut cursor);
+                    let line = at.unwrap_or(line);
                     if self.header_pending {
                         self.header_pending = false;
                         self.use_header(&record, source);
@@ -187,6 +277,7 @@ impl RecordDecoder for CsvDecoder {
                 Err(e) => match e.kind() {
                     CsvErrorKind::Utf8 { err, .. } => {
                         let (line, raw) = locate(data, start, end, &mut cursor);
+                        let line = at.unwrap_or(line);
                         if self.header_pending {
                             self.header_pending = false;
                             continue;
@@ -252,7 +343,7 @@ impl RecordDecoder for CsvDecoder {
         bad_rows.sort_by_key(|r| r.line);
         for row in &bad_rows {
             bad.report(
-                &line_location(source, row.line),
+                &render(row.line),
                 &row.message,
                 data.get(row.raw.clone()).unwrap_or_default(),
             )?;

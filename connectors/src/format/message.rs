@@ -1,13 +1,13 @@
 //! Formats of message-based connectors (Kafka, MQTT, NATS), where every message is one
 //! record: `json` (one object), `csv` (one line, no header), `raw` (the payload as one
-//! VARCHAR column) or `avro` (one datum, plain or in the Confluent wire format; see
+//! VARCHAR column, which must hold UTF-8 text, or one BYTEA column, byte for byte) or `avro` (one datum, plain or in the Confluent wire format; see
 //! [`crate::format::avro`]). Decoding works on a [`MessageBuffer`] of many messages at
 //! once, so the vectorised decoders see whole batches; a [`MessageEncoder`] turns a batch
 //! into one payload per row.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -16,7 +16,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use crate::bad_records::BadRecords;
 use crate::error::{Error, Result};
 use crate::format::avro::{AvroDecoder, AvroEncoder, AvroFormat};
-use crate::format::{CsvDecoder, JsonDecoder, RecordDecoder};
+use crate::format::{CsvDecoder, JsonDecoder};
 use crate::options::Options;
 
 /// The format of a message connector.
@@ -85,7 +85,8 @@ impl MessageFormat {
     /// `value` column.
     ///
     /// # Errors
-    /// JSON and CSV without declared columns; `raw` with anything but one VARCHAR column.
+    /// JSON and CSV without declared columns; `raw` with anything but one VARCHAR or BYTEA
+    /// column.
     pub fn schema(&self, connector: &str, declared: Option<SchemaRef>) -> Result<SchemaRef> {
         let declared = declared.filter(|s| !s.fields().is_empty());
         match (self, declared) {
@@ -96,12 +97,14 @@ impl MessageFormat {
                 true,
             )]))),
             (MessageFormat::Raw, Some(s)) => {
-                if s.fields().len() == 1 && s.field(0).data_type() == &DataType::Utf8 {
+                if s.fields().len() == 1
+                    && matches!(s.field(0).data_type(), DataType::Utf8 | DataType::Binary)
+                {
                     Ok(s)
                 } else {
                     Err(Error::option(
                         connector,
-                        "format 'raw' gives one VARCHAR column; declare one or none",
+                        "format 'raw' gives one VARCHAR or BYTEA column; declare one or none",
                     ))
                 }
             }
@@ -239,12 +242,15 @@ impl MessageDecoder {
     /// Whether payloads go into a [`MessageBuffer`] byte for byte
     /// ([`MessageBuffer::push_binary`]).
     pub fn is_binary(&self) -> bool {
-        matches!(self, MessageDecoder::Avro(_))
+        match self {
+            MessageDecoder::Avro(_) => true,
+            MessageDecoder::Raw(schema) => schema.field(0).data_type() == &DataType::Binary,
+            _ => false,
+        }
     }
 
     /// Decodes every message of `messages`; a bad one is reported at
-    /// [`MessageBuffer::location`] (`"<source>:<id>"`; for CSV, the first message's id
-    /// plus the record's line in the buffer).
+    /// [`MessageBuffer::location`] (`"<source>:<id>"`).
     ///
     /// # Errors
     /// A bad record when `on_error = 'fail'`.
@@ -260,19 +266,29 @@ impl MessageDecoder {
                 d.decode_records(&messages.data, messages.iter(), locate, bad)
             }
             MessageDecoder::Csv(d) => {
-                let first = messages.ids.first().copied().unwrap_or(0);
-                d.decode(&messages.data, source, first, bad)
+                d.decode_messages(&messages.data, &messages.ends, source, locate, bad)
             }
             MessageDecoder::Avro(avro) => avro.decode(messages.iter(), locate, bad),
             MessageDecoder::Raw(schema) => {
-                let values: StringArray = messages
-                    .iter()
-                    .map(|m| Some(String::from_utf8_lossy(m).into_owned()))
-                    .collect();
-                Ok(RecordBatch::try_new(
-                    Arc::clone(schema),
-                    vec![Arc::new(values) as ArrayRef],
-                )?)
+                let values: ArrayRef = if schema.field(0).data_type() == &DataType::Binary {
+                    Arc::new(messages.iter().map(Some).collect::<BinaryArray>())
+                } else {
+                    let mut text = StringBuilder::with_capacity(messages.len(), messages.bytes());
+                    for (i, m) in messages.iter().enumerate() {
+                        match std::str::from_utf8(m) {
+                            Ok(s) => text.append_value(s),
+                            // Text that is not UTF-8 does not fit a VARCHAR: a bad record,
+                            // not a value silently changed.
+                            Err(e) => bad.report(
+                                &locate(i),
+                                &format!("not UTF-8 text ({e}); declare the column BYTEA"),
+                                m,
+                            )?,
+                        }
+                    }
+                    Arc::new(text.finish())
+                };
+                Ok(RecordBatch::try_new(Arc::clone(schema), vec![values])?)
             }
         }
     }
@@ -305,13 +321,19 @@ impl MessageBatcher {
         }
     }
 
-    /// Adds one message.
+    /// Adds one message, reported in bad-record logs by its count from 1.
     pub fn push(&mut self, payload: &[u8]) {
         self.received += 1;
+        self.push_with_id(payload, self.received);
+    }
+
+    /// Adds one message that the service numbers itself (a JetStream stream sequence),
+    /// reported in bad-record logs by that number.
+    pub fn push_with_id(&mut self, payload: &[u8], id: u64) {
         if self.decoder.is_binary() {
-            self.pending.push_binary(payload, self.received);
+            self.pending.push_binary(payload, id);
         } else {
-            self.pending.push(payload, self.received);
+            self.pending.push(payload, id);
         }
         self.oldest.get_or_insert_with(std::time::Instant::now);
     }
@@ -524,8 +546,16 @@ fn encode_rows(format: &MessageFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8
                     "format 'raw' writes one column; the query has several".into(),
                 ));
             }
+            let column = batch.column(0);
+            if let Some(bytes) = column.as_binary_opt::<i32>() {
+                // Bytes go out as they are; a NULL is an empty payload.
+                return Ok(bytes
+                    .iter()
+                    .map(|v| v.unwrap_or_default().to_vec())
+                    .collect());
+            }
             let options = FormatOptions::default();
-            let f = ArrayFormatter::try_new(batch.column(0).as_ref(), &options)?;
+            let f = ArrayFormatter::try_new(column.as_ref(), &options)?;
             Ok((0..batch.num_rows())
                 .map(|row| f.value(row).to_string().into_bytes())
                 .collect())
@@ -557,7 +587,7 @@ mod tests {
     use super::*;
     use crate::bad_records::OnError;
     use crate::metrics::ConnectorMetrics;
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::{Int64Array, StringArray};
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -656,5 +686,112 @@ mod tests {
             .unwrap();
         assert_eq!(values.value(0), "hello");
         assert_eq!(values.value(1), "world");
+    }
+
+    /// Regression: a raw VARCHAR message that is not UTF-8 was changed silently (invalid
+    /// bytes became U+FFFD); now it is a bad record, named by its message.
+    #[test]
+    fn raw_text_that_is_not_utf8_is_a_bad_record() {
+        let raw_schema = MessageFormat::Raw.schema("kafka", None).unwrap();
+        let mut raw = MessageFormat::Raw.decoder(&raw_schema).unwrap();
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let mut buf = MessageBuffer::default();
+        buf.push(b"ok", 10);
+        buf.push(b"\xff\xfe", 11);
+        buf.push("caf\u{e9}".as_bytes(), 12);
+        let got = raw.decode(&buf, "t", &bad).unwrap();
+        let values = got.column(0).as_string::<i32>();
+        assert_eq!(
+            values.iter().collect::<Vec<_>>(),
+            [Some("ok"), Some("caf\u{e9}")]
+        );
+        assert_eq!(
+            metrics
+                .bad_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        let failing = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
+        let err = raw.decode(&buf, "t", &failing).unwrap_err().to_string();
+        assert!(err.contains("t:11") && err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn raw_bytea_messages_keep_every_byte_both_ways() {
+        let declared = Arc::new(Schema::new(vec![Field::new(
+            "body",
+            DataType::Binary,
+            true,
+        )]));
+        let schema = MessageFormat::Raw.schema("nats", Some(declared)).unwrap();
+        let mut raw = MessageFormat::Raw.decoder(&schema).unwrap();
+        assert!(raw.is_binary());
+        let payloads: [&[u8]; 3] = [b"\xff\x00", b"line\n", b""];
+        let mut buf = MessageBuffer::default();
+        for (i, p) in payloads.iter().enumerate() {
+            buf.push_binary(p, i as u64);
+        }
+        let bad = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
+        let got = raw.decode(&buf, "t", &bad).unwrap();
+        let values = got.column(0).as_binary::<i32>();
+        assert_eq!(values.iter().flatten().collect::<Vec<_>>(), payloads);
+        assert_eq!(
+            encode_rows(&MessageFormat::Raw, &got).unwrap(),
+            payloads.map(<[u8]>::to_vec)
+        );
+
+        let int = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let err = MessageFormat::Raw.schema("nats", Some(int)).unwrap_err();
+        assert!(err.to_string().contains("VARCHAR or BYTEA"), "{err}");
+    }
+
+    /// Regression: CSV messages were decoded as one text, so a message with an unclosed
+    /// quote swallowed every message after it, and bad records were named by the first
+    /// message's id plus a line count, wrong where ids have gaps.
+    #[test]
+    fn a_csv_message_with_an_unclosed_quote_is_one_bad_record() {
+        let csv = MessageFormat::Csv { delimiter: b',' };
+        let mut d = csv.decoder(&schema()).unwrap();
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let mut buf = MessageBuffer::default();
+        // Kafka offsets with gaps; message 105 holds a quoted newline, which is fine.
+        for (id, m) in [
+            (100, "1,a"),
+            (103, "2,\"never closed"),
+            (104, "3,c"),
+            (105, "4,\"d\ne\""),
+            (109, "x,f"),
+            (110, "6,g"),
+        ] {
+            buf.push(m.as_bytes(), id);
+        }
+        let got = d.decode(&buf, "t", &bad).unwrap();
+        let ids = got
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(ids.values(), &[1, 3, 4, 6]);
+        let names = got.column(1).as_string::<i32>();
+        assert_eq!(names.value(2), "d\ne");
+        assert_eq!(
+            metrics
+                .bad_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+
+        let failing = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
+        let err = d.decode(&buf, "t", &failing).unwrap_err().to_string();
+        assert!(
+            err.contains("t:103") && err.contains("end of its message"),
+            "{err}"
+        );
+        let mut tail = MessageBuffer::default();
+        tail.push(b"7,h", 200);
+        tail.push(b"y,i", 201);
+        let err = d.decode(&tail, "t", &failing).unwrap_err().to_string();
+        assert!(err.contains("t:201"), "{err}");
     }
 }
