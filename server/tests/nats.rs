@@ -1,7 +1,9 @@
 //! NATS JetStream -> a filter -> NATS, against the machine's own NATS server with
 //! JetStream (127.0.0.1:4222). The source acknowledges messages only once the checkpoint
-//! that covers them is complete; the test checks the output and that nothing is left
-//! unacknowledged. If NATS is down the test fails and says so.
+//! that covers them is complete; the tests check the output, that nothing is left
+//! unacknowledged, and that a pipeline killed with SIGKILL and restarted neither loses nor
+//! duplicates a message on each kind of stream retention. If NATS is down the tests fail
+//! and say so.
 
 // Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,12 +11,16 @@
 mod common;
 use common::{avro_long, read_avro_long};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use async_nats::jetstream::stream::RetentionPolicy;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
 use futures::StreamExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -31,6 +37,10 @@ struct Fixture {
 
 impl Fixture {
     async fn new(tag: &str) -> Self {
+        Self::with_retention(tag, RetentionPolicy::Limits).await
+    }
+
+    async fn with_retention(tag: &str, retention: RetentionPolicy) -> Self {
         let client = async_nats::connect(NATS)
             .await
             .unwrap_or_else(|e| panic!("NATS is not reachable at {NATS}: {e}"));
@@ -49,6 +59,7 @@ impl Fixture {
             .get_or_create_stream(jetstream::stream::Config {
                 name: stream_name.clone(),
                 subjects: vec![input.clone()],
+                retention,
                 ..Default::default()
             })
             .await
@@ -215,4 +226,142 @@ async fn plain_avro_through_jetstream_and_nats() {
     let _ = sluice.wait();
     let _ = f.js.delete_stream(stream_name).await;
     assert_eq!(got, want, "filtered avro records");
+}
+
+/// How many times each id occurs in the finished Parquet files under `dir`.
+fn parquet_ids(dir: &std::path::Path) -> BTreeMap<i64, usize> {
+    let mut ids = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return ids;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            for id in batch.column(0).as_primitive::<Int64Type>().values() {
+                *ids.entry(*id).or_insert(0) += 1;
+            }
+        }
+    }
+    ids
+}
+
+/// JetStream -> Parquet while messages keep arriving, SIGKILLed and restarted four times:
+/// every message published must be in the Parquet output exactly once, and soon. Before
+/// the source kept its stream sequence in checkpoints, a restart got what no checkpoint
+/// covered only once the server's `ack_wait` (10 minutes) ran out, and what a checkpoint
+/// covered but had not been acknowledged yet came back a second time.
+async fn killed_and_restarted(tag: &str, retention: RetentionPolicy) {
+    let f = Fixture::with_retention(tag, retention).await;
+    if retention == RetentionPolicy::Interest {
+        // An interest stream keeps only what some consumer wants: the pipeline's consumer
+        // is there before the first message, as the source would make it.
+        f.stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(format!("sluice-{}", f.stream_name)),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(600),
+                max_ack_pending: 1_000_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let total = 40_000i64;
+    let publisher = {
+        let (js, input) = (f.js.clone(), f.input.clone());
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for id in 0..total {
+                let payload = format!(r#"{{"id": {id}, "value": {}}}"#, id % 100);
+                acks.push(js.publish(input.clone(), payload.into()).await.unwrap());
+                if acks.len() == 500 {
+                    for a in acks.drain(..) {
+                        a.await.unwrap();
+                    }
+                    // About 40,000 messages a second: the kills land mid-stream.
+                    tokio::time::sleep(Duration::from_millis(12)).await;
+                }
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let script = format!(
+        "CREATE SOURCE readings (id BIGINT, value BIGINT)
+         WITH (connector = 'nats', servers = '{NATS}', subject = '{}', stream = '{}',
+               format = 'json', batch_size = 1000, linger = '20ms');
+         CREATE SINK all_readings WITH (connector = 'parquet', path = '{}', rollover_rows = 2000) AS
+         SELECT id, value FROM readings;",
+        f.input,
+        f.stream_name,
+        out.display()
+    );
+    let args: [&std::ffi::OsStr; 4] = [
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--checkpoint-interval".as_ref(),
+        "150ms".as_ref(),
+    ];
+    for wait_ms in [600u64, 900, 500, 800] {
+        let mut sluice = sluice_run(dir.path(), &script, &args);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        assert!(
+            sluice.try_wait().unwrap().is_none(),
+            "sluice exited on its own"
+        );
+        sluice.kill().unwrap();
+        sluice.wait().unwrap();
+    }
+    publisher.await.unwrap();
+    let mut sluice = sluice_run(dir.path(), &script, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ids = parquet_ids(&out);
+    while ids.len() < total as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ids = parquet_ids(&out);
+    }
+    // Time for a late duplicate to show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids = parquet_ids(&out);
+    let _ = sluice.kill();
+    let _ = sluice.wait();
+    let _ = f.js.delete_stream(&f.stream_name).await;
+    let missing = (0..total).filter(|id| !ids.contains_key(id)).count();
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert_eq!(
+        missing, 0,
+        "{missing} of {total} messages missing after the kills"
+    );
+    assert!(
+        twice.is_empty(),
+        "written more than once (id, times): {twice:?}"
+    );
+    assert_eq!(ids.len(), total as usize, "ids that were never published");
+}
+
+#[tokio::test]
+async fn a_jetstream_pipeline_killed_and_restarted_loses_and_duplicates_nothing() {
+    killed_and_restarted("kill_", RetentionPolicy::Limits).await;
+}
+
+#[tokio::test]
+async fn on_an_interest_stream_a_restart_loses_nothing() {
+    killed_and_restarted("interest_", RetentionPolicy::Interest).await;
+}
+
+#[tokio::test]
+async fn on_a_work_queue_stream_a_restart_loses_nothing() {
+    killed_and_restarted("workq_", RetentionPolicy::WorkQueue).await;
 }

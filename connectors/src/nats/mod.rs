@@ -1,9 +1,12 @@
 //! The `nats` source and sink, on async-nats.
 //!
 //! With `stream`, the source reads a JetStream stream through a durable pull consumer and
-//! acknowledges each message only once the checkpoint that covers it is complete, so a
-//! crash redelivers exactly what no checkpoint covered (without checkpoints it acknowledges
-//! as it reads). Without `stream` it subscribes to core NATS, which keeps nothing to replay.
+//! acknowledges each message only once the checkpoint that covers it is complete (without
+//! checkpoints it acknowledges as it reads). A checkpoint records the stream sequence of the
+//! last message handed out; recovery makes the durable consumer anew from the sequence after
+//! it, as a Kafka source seeks to its checkpointed offsets. So a crash neither replays what
+//! a checkpoint covered nor waits out `ack_wait` for what it did not, and the replay comes in
+//! stream order. Without `stream` it subscribes to core NATS, which keeps nothing to replay.
 //! The sink publishes one message per row: with `stream` through JetStream, waiting at
 //! every checkpoint for the server's acknowledgements (at-least-once); otherwise to core
 //! NATS, flushed at every checkpoint.
@@ -16,11 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, message::Acker};
+use async_nats::jetstream::{self, consumer::pull, message::Acker, stream::RetentionPolicy};
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::format::message::{MessageBatcher, MessageEncoder, MessageFormat};
@@ -131,6 +135,16 @@ impl SourceConfig for NatsSourceConfig {
     }
 
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+        let resume = match &ctx.resume {
+            Some(p) => Some(
+                serde_json::from_value::<JetStreamPosition>(p.clone())
+                    .map_err(|e| {
+                        Error::Internal(format!("a checkpointed nats position is unreadable: {e}"))
+                    })?
+                    .stream_sequence,
+            ),
+            None => None,
+        };
         let client = self.connection.connect().await?;
         let input = match &self.connection.stream {
             None => Input::Core(
@@ -145,20 +159,8 @@ impl SourceConfig for NatsSourceConfig {
                     .durable
                     .clone()
                     .unwrap_or_else(|| format!("sluice-{stream}"));
-                let consumer: jetstream::consumer::PullConsumer = st
-                    .get_or_create_consumer(
-                        &durable,
-                        pull::Config {
-                            durable_name: Some(durable.clone()),
-                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                            // Messages wait for the checkpoint that covers them.
-                            ack_wait: Duration::from_secs(600),
-                            max_ack_pending: 1_000_000,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| Error::service(CONNECTOR, format!("consumer '{durable}': {e}")))?;
+                let consumer =
+                    durable_consumer(&st, &durable, &self.connection.subject, resume).await?;
                 Input::JetStream(Box::new(
                     consumer
                         .messages()
@@ -171,15 +173,129 @@ impl SourceConfig for NatsSourceConfig {
             input,
             batcher: MessageBatcher::new(
                 self.connection.format.decoder(&self.schema)?,
-                format!("nats:{}", self.connection.subject),
+                // Bad records: `nats:<stream>:<stream sequence>` with JetStream,
+                // `nats:<subject>:<count>` without.
+                match &self.connection.stream {
+                    Some(stream) => format!("nats:{stream}"),
+                    None => format!("nats:{}", self.connection.subject),
+                },
             ),
             pending_acks: Vec::new(),
             handed_out: Vec::new(),
             by_checkpoint: BTreeMap::new(),
             to_ack: Vec::new(),
+            accepted: resume.unwrap_or(0),
+            handed_out_up_to: resume,
             ctx,
         }))
     }
+}
+
+/// Where a JetStream source stands in a checkpoint: the stream sequence of the last message
+/// it handed out.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct JetStreamPosition {
+    stream_sequence: u64,
+}
+
+/// The consumer config every run uses, delivering from `deliver_policy`.
+fn consumer_config(
+    durable: &str,
+    subject: &str,
+    deliver_policy: jetstream::consumer::DeliverPolicy,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(durable.to_string()),
+        // A stream may hold more subjects than the source reads.
+        filter_subject: subject.to_string(),
+        deliver_policy,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        // Messages wait for the checkpoint that covers them.
+        ack_wait: Duration::from_secs(600),
+        max_ack_pending: 1_000_000,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer `durable` on `st`. A fresh pipeline (`resume` is `None`) carries on
+/// where the consumer's acknowledgements left it. A recovering one makes the consumer anew,
+/// delivering from the stream sequence after `resume`: the server would otherwise redeliver
+/// what the checkpoint already covers, and what it does not only once `ack_wait` ran out,
+/// behind newer messages.
+///
+/// Deleting a consumer must not cost messages it still needs:
+/// - on an `Interest` stream the server drops what no remaining consumer is interested in,
+///   so a short-lived bridge consumer from the same sequence holds that interest meanwhile;
+/// - on a `WorkQueue` stream nothing is dropped; the messages the checkpoint covers, which
+///   no acknowledgement will now remove, are purged as acknowledged, and the new consumer
+///   delivers all that is left (the server allows no other start on a work queue).
+async fn durable_consumer(
+    st: &jetstream::stream::Stream,
+    durable: &str,
+    subject: &str,
+    resume: Option<u64>,
+) -> Result<jetstream::consumer::PullConsumer> {
+    let consumer_error =
+        |e: &dyn std::fmt::Display| Error::service(CONNECTOR, format!("consumer '{durable}': {e}"));
+    let Some(last) = resume else {
+        return st
+            .get_or_create_consumer(
+                durable,
+                consumer_config(durable, subject, Default::default()),
+            )
+            .await
+            .map_err(|e| consumer_error(&e));
+    };
+    let from = jetstream::consumer::DeliverPolicy::ByStartSequence {
+        start_sequence: last + 1,
+    };
+    let retention = st.cached_info().config.retention;
+    let bridge = format!("{durable}-resume");
+    if retention == RetentionPolicy::Interest {
+        // One left by a recovery that died half-way would refuse the new start sequence.
+        if st.consumer_info(&bridge).await.is_ok() {
+            st.delete_consumer(&bridge)
+                .await
+                .map_err(|e| consumer_error(&e))?;
+        }
+        let mut config = consumer_config(&bridge, subject, from);
+        config.inactive_threshold = Duration::from_secs(300);
+        st.create_consumer(config)
+            .await
+            .map_err(|e| consumer_error(&e))?;
+    }
+    if st.consumer_info(durable).await.is_ok() {
+        st.delete_consumer(durable)
+            .await
+            .map_err(|e| consumer_error(&e))?;
+    }
+    let from = if retention == RetentionPolicy::WorkQueue {
+        // A work-queue consumer must deliver all: what the checkpoint covered goes first,
+        // so that "all" starts right after it.
+        st.purge()
+            .filter(subject)
+            .sequence(last + 1)
+            .await
+            .map_err(|e| Error::service(CONNECTOR, format!("purging up to {last}: {e}")))?;
+        jetstream::consumer::DeliverPolicy::All
+    } else {
+        from
+    };
+    let consumer = st
+        .create_consumer(consumer_config(durable, subject, from))
+        .await
+        .map_err(|e| consumer_error(&e))?;
+    if retention == RetentionPolicy::Interest {
+        st.delete_consumer(&bridge)
+            .await
+            .map_err(|e| consumer_error(&e))?;
+    }
+    tracing::info!(
+        consumer = durable,
+        from = last + 1,
+        "jetstream consumer resumed from its checkpoint"
+    );
+    Ok(consumer)
 }
 
 /// A running `nats` source.
@@ -194,32 +310,40 @@ struct NatsSource {
     by_checkpoint: BTreeMap<u64, Vec<Acker>>,
     /// Of messages handed out without checkpoints, to acknowledge at the next call.
     to_ack: Vec<Acker>,
+    /// The highest stream sequence taken into the batcher: a message at or below it is a
+    /// redelivery (its `ack_wait` ran out) and is only acknowledged again.
+    accepted: u64,
+    /// The stream sequence of the last message handed out (JetStream only), the position.
+    handed_out_up_to: Option<u64>,
     ctx: SourceContext,
 }
 
+/// A message as the source takes it: payload, acknowledgement and stream sequence
+/// (JetStream only).
+type Received = (Bytes, Option<(Acker, u64)>);
+
 impl NatsSource {
     /// The next message: `Some(Some(..))` one, `Some(None)` none now, `None` the input ended.
-    async fn next_message(
-        &mut self,
-        wait: Option<Duration>,
-    ) -> Result<Option<Option<(Bytes, Option<Acker>)>>> {
+    async fn next_message(&mut self, wait: Option<Duration>) -> Result<Option<Option<Received>>> {
         let next = match &mut self.input {
             Input::Core(sub) => match wait {
                 None => sub.next().now_or_never(),
                 Some(w) => tokio::time::timeout(w, sub.next()).await.ok(),
             }
-            .map(|m| m.map(|m| Ok((m.payload, None)))),
+            .map(|m| m.map(|m| Ok::<_, Error>((m.payload, None)))),
             Input::JetStream(stream) => match wait {
                 None => stream.next().now_or_never(),
                 Some(w) => tokio::time::timeout(w, stream.next()).await.ok(),
             }
             .map(|m| {
                 m.map(|m| {
-                    m.map(|m| {
-                        let (msg, acker) = m.split();
-                        (msg.payload, Some(acker))
-                    })
-                    .map_err(|e| Error::service(CONNECTOR, e))
+                    let m = m.map_err(|e| Error::service(CONNECTOR, e))?;
+                    let sequence = m
+                        .info()
+                        .map_err(|e| Error::service(CONNECTOR, format!("message metadata: {e}")))?
+                        .stream_sequence;
+                    let (msg, acker) = m.split();
+                    Ok((msg.payload, Some((acker, sequence))))
                 })
             }),
         };
@@ -235,9 +359,17 @@ impl NatsSource {
         }
     }
 
-    fn accept(&mut self, payload: &[u8], acker: Option<Acker>) {
-        self.batcher.push(payload);
-        self.pending_acks.extend(acker);
+    fn accept(&mut self, payload: &[u8], ack: Option<(Acker, u64)>) {
+        match ack {
+            None => self.batcher.push(payload),
+            Some((acker, sequence)) => {
+                if sequence > self.accepted {
+                    self.batcher.push_with_id(payload, sequence);
+                    self.accepted = sequence;
+                }
+                self.pending_acks.push(acker);
+            }
+        }
     }
 
     /// Decodes the waiting messages. Nothing is awaited once they are taken, so a
@@ -248,6 +380,9 @@ impl NatsSource {
         self.batcher.prepare().await?;
         let acks = std::mem::take(&mut self.pending_acks);
         let batch = self.batcher.emit(&self.ctx)?;
+        if matches!(self.input, Input::JetStream(_)) {
+            self.handed_out_up_to = Some(self.accepted);
+        }
         if self.ctx.checkpointing {
             self.handed_out.extend(acks);
         } else {
@@ -302,6 +437,11 @@ impl Source for NatsSource {
                 None => return Err(Error::service(CONNECTOR, "the subscription ended")),
             }
         }
+    }
+
+    fn position(&self) -> Option<serde_json::Value> {
+        let stream_sequence = self.handed_out_up_to?;
+        serde_json::to_value(JetStreamPosition { stream_sequence }).ok()
     }
 
     fn on_barrier(&mut self, checkpoint: u64) {
