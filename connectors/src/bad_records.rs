@@ -33,6 +33,11 @@ impl OnError {
         match (policy.as_deref(), path) {
             (None | Some("skip"), None) => Ok(OnError::Skip),
             (Some("fail"), None) => Ok(OnError::Fail),
+            // A URL would become a local folder named `s3:`: refuse it rather than surprise.
+            (Some("dead_letter"), Some(p)) if p.contains("://") => Err(Error::option(
+                options.connector(),
+                format!("option 'dead_letter_path' must be a local file path, not '{p}'"),
+            )),
             (Some("dead_letter"), Some(p)) => Ok(OnError::DeadLetter(PathBuf::from(p))),
             (Some("dead_letter"), None) => Err(Error::option(
                 options.connector(),

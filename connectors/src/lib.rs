@@ -75,6 +75,10 @@ impl SourceDecl {
     }
 }
 
+/// The largest `batch_size` a source takes: 16 Mi rows, far past where larger batches
+/// stop paying, and small enough for every buffer sized by it.
+pub const MAX_BATCH_SIZE: usize = 1 << 24;
+
 /// Validates a `CREATE SOURCE`: the connector exists, every option is known and well typed,
 /// the declared columns fit the connector. `declared` is `None` when no column list was given.
 ///
@@ -90,10 +94,10 @@ pub async fn source_decl(
         .take_u64("batch_size")?
         .map(|n| n as usize)
         .unwrap_or(source::DEFAULT_BATCH_SIZE);
-    if batch_size == 0 {
+    if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
         return Err(Error::option(
             connector,
-            "option 'batch_size' must be at least 1",
+            format!("option 'batch_size' must be from 1 to {MAX_BATCH_SIZE}, not {batch_size}"),
         ));
     }
     let linger = options

@@ -233,7 +233,8 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         "h" | "hour" | "hours" => num * 3600.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(secs))
+    // `try_`: a value too large for a Duration is an error, not a panic.
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 #[cfg(test)]
@@ -270,5 +271,15 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(o.take_duration("x").unwrap(), Some(Duration::from_secs(2)));
+    }
+
+    /// Regression: a duration too long for `Duration` panicked at CREATE time.
+    #[test]
+    fn a_duration_past_what_duration_holds_is_an_error() {
+        assert_eq!(parse_duration("100000000000000000000000"), None);
+        assert_eq!(parse_duration("1e400s"), None);
+        let mut o = opts(&[("linger", "99999999999999999999h")]);
+        let err = o.take_duration("linger").unwrap_err().to_string();
+        assert!(err.contains("'linger'"), "{err}");
     }
 }

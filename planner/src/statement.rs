@@ -465,7 +465,8 @@ fn parse_show(parser: &mut Parser) -> Result<Statement> {
 
 fn parse_with(parser: &mut Parser) -> Result<Vec<(String, String)>> {
     let opts = parser.parse_options(Keyword::WITH)?;
-    opts.into_iter()
+    let options = opts
+        .into_iter()
         .map(|o| match o {
             SqlOption::KeyValue { key, value } => {
                 let key = key.value.to_ascii_lowercase();
@@ -497,7 +498,13 @@ fn parse_with(parser: &mut Parser) -> Result<Vec<(String, String)>> {
                 "options are written key = 'value', got {other}"
             ))),
         })
-        .collect()
+        .collect::<Result<Vec<(String, String)>>>()?;
+    // Keys are case-insensitive: a second `Path` must not silently win over `path`.
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((key, _)) = options.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(Error::plan(format!("option '{key}' is given twice")));
+    }
+    Ok(options)
 }
 
 #[cfg(test)]

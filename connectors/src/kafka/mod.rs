@@ -56,6 +56,28 @@ impl Connection {
         })
     }
 
+    /// Checks the `properties.*` at CREATE time: none may set what the connector owns
+    /// (`reserved`: the property and what to use instead), and librdkafka must accept every
+    /// name and value, so that a typo is not found only when the pipeline starts.
+    fn validate_properties(&self, reserved: &[(&str, &str)]) -> Result<()> {
+        for (key, _) in &self.properties {
+            if let Some((_, instead)) = reserved.iter().find(|(r, _)| r == key) {
+                return Err(Error::option(
+                    CONNECTOR,
+                    format!("option 'properties.{key}' is not allowed: {instead}"),
+                ));
+            }
+        }
+        let mut config = ClientConfig::new();
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+            .create_native_config()
+            .map(drop)
+            .map_err(|e| Error::option(CONNECTOR, format!("in the properties.* options: {e}")))
+    }
+
     /// The client's settings: Sluice's `tunables`, then the user's `properties.*`, which
     /// may change them. Settings the connector's guarantees rest on are set by the caller
     /// afterwards, so that no property overrides them.
@@ -94,6 +116,27 @@ impl KafkaSourceConfig {
     /// An [`Error::Option`] naming a missing, unknown or ill-typed option.
     pub fn try_new(mut options: Options, declared: Option<SchemaRef>) -> Result<Self> {
         let connection = Connection::from_options(&mut options)?;
+        connection.validate_properties(&[
+            ("bootstrap.servers", "use the option 'bootstrap_servers'"),
+            ("group.id", "use the option 'group_id'"),
+            ("auto.offset.reset", "use the option 'start'"),
+            (
+                "enable.auto.commit",
+                "offsets are committed with each checkpoint",
+            ),
+            (
+                "enable.auto.offset.store",
+                "offsets are committed with each checkpoint",
+            ),
+            (
+                "enable.partition.eof",
+                "the source finds a partition's end itself",
+            ),
+            (
+                "isolation.level",
+                "the source reads up to the high watermark (read_uncommitted)",
+            ),
+        ])?;
         let group_id = options
             .take_string("group_id")
             .unwrap_or_else(|| format!("sluice-{}", connection.topic));
@@ -154,6 +197,13 @@ impl KafkaSinkConfig {
     /// An [`Error::Option`] naming a missing, unknown or ill-typed option.
     pub fn try_new(mut options: Options) -> Result<Self> {
         let connection = Connection::from_options(&mut options)?;
+        connection.validate_properties(&[
+            ("bootstrap.servers", "use the option 'bootstrap_servers'"),
+            (
+                "transactional.id",
+                "the kafka sink is at-least-once and does not use transactions yet",
+            ),
+        ])?;
         let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
         let key = options.take_list("key");
         options.finish()?;

@@ -103,7 +103,7 @@ fn take_seconds(options: &mut Options, key: &str) -> Result<Option<Duration>> {
         return Ok(None);
     };
     let parsed = match value.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Ok(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs).ok(),
         Ok(_) => None,
         Err(_) => parse_duration(&value).filter(|d| !d.is_zero()),
     };
