@@ -34,6 +34,20 @@ pub trait Sink: Send {
     async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Precommit> {
         Ok(Precommit::default())
     }
+
+    /// When the sink has work due even if no batch arrives (a Parquet file reaching
+    /// `rollover_seconds` on a quiet stream): the engine then calls [`Sink::on_timer`].
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// The time [`Sink::next_timer`] named has come.
+    ///
+    /// # Errors
+    /// When the destination fails.
+    async fn on_timer(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a sink hands a checkpoint.

@@ -335,6 +335,15 @@ impl Sink for ParquetSink {
             state: Vec::new(),
         })
     }
+
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        let max_age = self.rollover_seconds?;
+        self.open.values().map(|f| f.opened + max_age).min()
+    }
+
+    async fn on_timer(&mut self) -> Result<()> {
+        self.close_expired().await
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +445,30 @@ mod tests {
         assert_eq!(rows, 6);
         assert_eq!(metrics.records.load(Ordering::Relaxed), 6);
         assert!(metrics.bytes.load(Ordering::Relaxed) > 0);
+    }
+
+    /// Regression: `rollover_seconds` was only looked at when a batch came, so on a quiet
+    /// stream without checkpoints a file stayed invisible until the next row.
+    #[tokio::test]
+    async fn a_file_open_past_rollover_seconds_is_due_without_a_new_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = config(dir.path(), &[("rollover_seconds", "0.05")])
+            .open(schema(), SinkContext::default())
+            .await
+            .unwrap();
+        assert_eq!(sink.next_timer(), None, "nothing open, nothing due");
+        sink.write(batch(&[1, 2], &[Some("a"), None]))
+            .await
+            .unwrap();
+        let due = sink.next_timer().expect("an open file is due to roll over");
+        assert!(due > Instant::now() && due <= Instant::now() + Duration::from_millis(50));
+        assert!(files(dir.path()).is_empty());
+        tokio::time::sleep_until(due.into()).await;
+        sink.on_timer().await.unwrap();
+        let names = files(dir.path());
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(read(&dir.path().join(&names[0]))[0].num_rows(), 2);
+        assert_eq!(sink.next_timer(), None);
     }
 
     #[tokio::test]

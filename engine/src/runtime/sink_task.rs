@@ -16,6 +16,14 @@ use crate::error::Result;
 use crate::message::Message;
 use crate::metrics::PipelineMetrics;
 
+/// Sleeps until `at` (forever without it; the caller's `select!` guard keeps that branch off).
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// `tap` gets every batch written, for subscribers; it is fine for nobody to listen.
 pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
@@ -24,7 +32,17 @@ pub(crate) async fn run_sink(
     tap: broadcast::Sender<(SystemTime, RecordBatch)>,
     acks: Option<mpsc::UnboundedSender<Ack>>,
 ) -> Result<()> {
-    while let Some(msg) = input.recv().await {
+    loop {
+        // A sink with time-based work (a file to roll over) gets it done on a quiet input.
+        let timer = sink.next_timer();
+        let msg = tokio::select! {
+            msg = input.recv() => msg,
+            () = sleep_until(timer), if timer.is_some() => {
+                sink.on_timer().await?;
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         match msg {
             Message::Batch(batch) => {
                 metrics
