@@ -69,6 +69,9 @@ pub struct SinkContext {
     /// Whether checkpoints commit the output: files are staged until
     /// [`SinkConfig::commit`] instead of becoming visible as soon as they are complete.
     pub two_phase: bool,
+    /// For an updating query (a `GROUP BY` without a window), the input columns that
+    /// identify a row: its group keys. A sink that upserts must key on exactly these.
+    pub update_key: Option<Vec<usize>>,
 }
 
 /// A validated sink declaration.

@@ -151,6 +151,42 @@ impl StreamPlan {
             .any(|n| matches!(n.op, StreamOp::UpdatingAggregate(_)))
     }
 
+    /// For an updating plan, the output columns that identify a row: where the `GROUP BY`
+    /// keys reach the output through the projections and filters (`HAVING`) above the
+    /// aggregate. `None` for an append-only plan, or when a key is not in the output.
+    pub fn update_key(&self) -> Option<Vec<usize>> {
+        // From the root down to the aggregate, through single-input stateless nodes.
+        let mut chain = Vec::new();
+        let mut id = self.root;
+        let keys = loop {
+            let node = self.nodes.get(id)?;
+            match &node.op {
+                StreamOp::UpdatingAggregate(u) => break u.keys.len(),
+                StreamOp::Filter { .. } | StreamOp::Project { .. } if node.inputs.len() == 1 => {
+                    chain.push(node);
+                    id = node.inputs[0].from;
+                }
+                _ => return None,
+            }
+        };
+        // Then up again, following each key column.
+        let mut at: Vec<usize> = (0..keys).collect();
+        for node in chain.iter().rev() {
+            if let StreamOp::Project { exprs } = &node.op {
+                at = at
+                    .iter()
+                    .map(|k| {
+                        exprs.iter().position(|e| {
+                            e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                                .is_some_and(|c| c.index() == *k)
+                        })
+                    })
+                    .collect::<Option<Vec<usize>>>()?;
+            }
+        }
+        Some(at)
+    }
+
     /// The names of the sources the plan reads.
     pub fn sources(&self) -> Vec<&str> {
         self.nodes
@@ -229,5 +265,56 @@ impl StreamPlan {
 impl fmt::Display for StreamPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_node(f, self.root, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Catalog, Planner, SourceEntry, Statement};
+
+    use super::StreamPlan;
+
+    async fn view_plan(query: &str) -> StreamPlan {
+        let create =
+            crate::parse_one("CREATE SOURCE t (k BIGINT, v BIGINT) WITH (connector = 'x')")
+                .unwrap();
+        let Statement::CreateSource { columns, .. } = create.statement else {
+            panic!("not a source")
+        };
+        let mut catalog = Catalog::default();
+        catalog.sources.insert(
+            "t".into(),
+            SourceEntry {
+                name: "t".into(),
+                schema: crate::columns_schema(&columns).await.unwrap(),
+                watermark: None,
+                connector: "x".into(),
+                options: vec![],
+                definition: String::new(),
+            },
+        );
+        let Statement::Query(q) = crate::parse_one(query).unwrap().statement else {
+            panic!("not a query")
+        };
+        Planner::new(&catalog).plan_view_query(&q).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn update_key_follows_the_group_keys_to_the_output() {
+        let key = |q: &'static str| async move { view_plan(q).await.update_key() };
+        assert_eq!(
+            key("SELECT k, count(*) AS n FROM t GROUP BY k").await,
+            Some(vec![0])
+        );
+        assert_eq!(
+            key("SELECT count(*) AS n, k FROM t GROUP BY k HAVING count(*) > 1").await,
+            Some(vec![1])
+        );
+        assert_eq!(
+            key("SELECT v, k, sum(v) FROM t GROUP BY k, v").await,
+            Some(vec![1, 0])
+        );
+        assert_eq!(key("SELECT count(*) AS n FROM t GROUP BY k").await, None);
+        assert_eq!(key("SELECT k, v FROM t").await, None);
     }
 }

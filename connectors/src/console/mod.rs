@@ -104,6 +104,7 @@ mod tests {
                     metrics: Arc::clone(&metrics),
                     two_phase: false,
                     name: "test".into(),
+                    update_key: None,
                 },
             )
             .await

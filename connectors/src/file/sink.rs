@@ -270,6 +270,7 @@ mod tests {
                     metrics: Arc::clone(&metrics),
                     two_phase: false,
                     name: "test".into(),
+                    update_key: None,
                 },
             )
             .await

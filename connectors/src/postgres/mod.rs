@@ -73,7 +73,8 @@ impl SinkConfig for PostgresSinkConfig {
 
     async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
         Ok(Box::new(
-            PostgresSink::open(self.clone(), schema, ctx.metrics).await?,
+            PostgresSink::open(self.clone(), schema, ctx.update_key.as_deref(), ctx.metrics)
+                .await?,
         ))
     }
 }
@@ -145,9 +146,14 @@ fn ident(name: &str) -> String {
 }
 
 impl PostgresSink {
+    /// # Errors
+    /// A column type the sink cannot write, a `primary_key` that is not in the input or,
+    /// for an updating query, is not its group keys (`update_key`): upserts on another key
+    /// would pile up stale rows or fail on duplicates.
     async fn open(
         config: PostgresSinkConfig,
         schema: SchemaRef,
+        update_key: Option<&[usize]>,
         metrics: Arc<ConnectorMetrics>,
     ) -> Result<Self> {
         let columns = schema
@@ -183,6 +189,28 @@ impl PostgresSink {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(keys) = update_key {
+            let mut want: Vec<usize> = keys.to_vec();
+            let mut got = key_columns.clone();
+            want.sort_unstable();
+            got.sort_unstable();
+            if want != got {
+                let names = |idx: &[usize]| {
+                    idx.iter()
+                        .filter_map(|i| columns.get(*i).map(|(c, _)| format!("'{c}'")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(Error::option(
+                    CONNECTOR,
+                    format!(
+                        "primary_key must be the query's GROUP BY columns ({}), not ({})",
+                        names(&want),
+                        names(&got)
+                    ),
+                ));
+            }
+        }
         let mut sink = Self {
             config,
             columns,

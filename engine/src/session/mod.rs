@@ -310,6 +310,7 @@ impl Session {
                         name: name.clone(),
                         metrics: Arc::new(ConnectorMetrics::default()),
                         two_phase: recovery.is_some(),
+                        update_key: plan.update_key(),
                     };
                     let sink = config.open(Arc::clone(&schema), ctx).await?;
                     self.start(name, plan, sink, recovery)?;
