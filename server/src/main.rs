@@ -34,7 +34,7 @@ enum Command {
         #[arg(long, default_value = "./sluice-data")]
         data_dir: String,
         /// Checkpoint every this long (`500ms`, `1s`, `1m`) and resume from the newest
-        /// checkpoint when run again with the same data dir. Off when not given.
+        /// checkpoint when run again with the same data dir. Off when not given or `0s`.
         #[arg(long, value_parser = parse_duration)]
         checkpoint_interval: Option<std::time::Duration>,
         /// Complete checkpoints kept per pipeline.
@@ -117,7 +117,9 @@ fn main() -> ExitCode {
                 checkpoint_retention,
                 quiet,
             } => {
-                let checkpoints = checkpoint_interval.map(|i| (i, checkpoint_retention));
+                let checkpoints = checkpoint_interval
+                    .filter(|i| !i.is_zero())
+                    .map(|i| (i, checkpoint_retention));
                 run::run(&file, &data_dir, checkpoints, quiet).await
             }
             Command::Serve {

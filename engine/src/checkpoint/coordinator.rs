@@ -89,7 +89,9 @@ impl Coordinator {
     /// # Errors
     /// When the last checkpoint cannot be written, or a sink commit fails.
     pub(crate) async fn run(mut self) -> Result<()> {
-        let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
+        // A zero period would panic in tokio; the CLI turns checkpoints off for it anyway.
+        let period = self.interval.max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut in_flight: BTreeMap<u64, InFlight> = BTreeMap::new();
         let mut done_sources = 0usize;

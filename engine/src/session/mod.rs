@@ -648,23 +648,27 @@ impl Session {
     /// Waits for every pipeline over bounded sources to finish.
     ///
     /// # Errors
-    /// The first pipeline error.
+    /// The first pipeline error, as soon as any pipeline fails.
     pub async fn wait_bounded(&self) -> Result<()> {
-        for p in self.pipelines.iter().filter(|p| p.bounded) {
-            p.wait().await?;
-        }
-        Ok(())
+        futures::future::try_join_all(
+            self.pipelines
+                .iter()
+                .filter(|p| p.bounded)
+                .map(|p| p.wait()),
+        )
+        .await
+        .map(drop)
     }
 
     /// Waits until every pipeline has ended, however it ends.
     ///
     /// # Errors
-    /// The first pipeline error.
+    /// The first pipeline error, as soon as any pipeline fails: one failed pipeline ends the
+    /// wait even while others run on.
     pub async fn wait_all(&self) -> Result<()> {
-        for p in &self.pipelines {
-            p.wait().await?;
-        }
-        Ok(())
+        futures::future::try_join_all(self.pipelines.iter().map(|p| p.wait()))
+            .await
+            .map(drop)
     }
 
     /// Stops every pipeline cleanly and waits for them.
