@@ -25,6 +25,11 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(100);
 pub struct SourceContext {
     /// The source's name in the catalog.
     pub name: String,
+    /// Which reading of the source this is, stable across restarts and unique in the
+    /// process: `<pipeline>-<source>`, with the task's index added when one pipeline reads
+    /// the source twice. Every pipeline opens a source anew, so a service-side cursor (a
+    /// JetStream consumer) named after it is never shared between two readings.
+    pub reader: String,
     /// Cut a batch at this many rows.
     pub batch_size: usize,
     /// Cut a batch after this long, if rows arrive slower than `batch_size` fills.

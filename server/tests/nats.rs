@@ -147,11 +147,12 @@ async fn jetstream_messages_filtered_into_nats() {
         }
     }
     // Every message is acknowledged once a checkpoint covers it.
-    let consumer = format!("sluice-{stream_name}");
+    // The source's consumer is named after the pipeline (sink `hot`) and the source.
+    let consumer = "sluice-hot-readings";
     let mut info = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let i = f.stream.consumer_info(&consumer).await.unwrap();
+        let i = f.stream.consumer_info(consumer).await.unwrap();
         if i.num_ack_pending == 0 && i.num_pending == 0 {
             info = Some(i);
             break;
@@ -266,7 +267,7 @@ async fn killed_and_restarted(tag: &str, retention: RetentionPolicy) {
         // is there before the first message, as the source would make it.
         f.stream
             .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some(format!("sluice-{}", f.stream_name)),
+                durable_name: Some("sluice-all_readings-readings".to_string()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(600),
                 max_ack_pending: 1_000_000,
@@ -364,4 +365,73 @@ async fn on_an_interest_stream_a_restart_loses_nothing() {
 #[tokio::test]
 async fn on_a_work_queue_stream_a_restart_loses_nothing() {
     killed_and_restarted("workq_", RetentionPolicy::WorkQueue).await;
+}
+
+/// Regression (found in review): a run that died without a checkpoint left messages
+/// delivered but unacknowledged on the consumer. The next run took the consumer as it was,
+/// so the server held those back for `ack_wait` (10 minutes) and the source then dropped
+/// them as redeliveries. Now the consumer is made anew from its acknowledgement floor.
+#[tokio::test]
+async fn messages_a_dead_run_left_unacknowledged_come_at_once() {
+    let f = Fixture::new("dead_").await;
+    for id in 0..100i64 {
+        f.publish(format!(r#"{{"id": {id}, "value": 1}}"#).into_bytes())
+            .await;
+    }
+    // The dead run: it took 60 messages and acknowledged none.
+    let consumer: jetstream::consumer::PullConsumer = f
+        .stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("sluice-copy-readings".to_string()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut taken = consumer.fetch().max_messages(60).messages().await.unwrap();
+    let mut n = 0;
+    while let Some(m) = taken.next().await {
+        m.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 60);
+    let info = f
+        .stream
+        .consumer_info("sluice-copy-readings")
+        .await
+        .unwrap();
+    assert_eq!(info.num_ack_pending, 60);
+
+    let mut out = f.client.subscribe(f.output.clone()).await.unwrap();
+    f.client.flush().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sluice = sluice_run(
+        dir.path(),
+        &format!(
+            "CREATE SOURCE readings (id BIGINT, value BIGINT)
+             WITH (connector = 'nats', servers = '{NATS}', subject = '{}', stream = '{}',
+                   format = 'json', linger = '20ms');
+             CREATE SINK copy WITH (connector = 'nats', servers = '{NATS}', subject = '{}', format = 'json') AS
+             SELECT id FROM readings;",
+            f.input, f.stream_name, f.output
+        ),
+        &[],
+    );
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 100 && Instant::now() < deadline {
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), out.next()).await {
+            let row: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            got.insert(row["id"].as_i64().unwrap());
+        }
+    }
+    let _ = sluice.kill();
+    let _ = sluice.wait();
+    let _ = f.js.delete_stream(&f.stream_name).await;
+    assert_eq!(
+        got,
+        (0..100).collect(),
+        "every message, the dead run's included"
+    );
 }

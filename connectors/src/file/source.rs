@@ -339,6 +339,7 @@ mod tests {
             resume: None,
             checkpointing: false,
             name: "test".into(),
+            reader: "test".into(),
         }
     }
 

@@ -80,6 +80,7 @@ pub(crate) fn test_context(batch_size: usize) -> crate::source::SourceContext {
         resume: None,
         checkpointing: false,
         name: "test".into(),
+        reader: "test".into(),
     }
 }
 

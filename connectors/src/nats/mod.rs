@@ -12,7 +12,9 @@
 //! NATS, flushed at every checkpoint.
 //!
 //! Options: `servers` (`nats://127.0.0.1:4222`), `subject`, `stream`, `durable` (the
-//! consumer's name; default `sluice-<stream>`), `format` (json, csv, raw).
+//! consumer's name; default `sluice-<pipeline>-<source>`, one per reading of the source, as
+//! two readers of one consumer would split its messages; recovery deletes and makes it
+//! anew), `format` (json, csv, raw, avro).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -135,38 +137,60 @@ impl SourceConfig for NatsSourceConfig {
     }
 
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
-        let resume = match &ctx.resume {
+        let saved = match &ctx.resume {
             Some(p) => Some(
-                serde_json::from_value::<JetStreamPosition>(p.clone())
-                    .map_err(|e| {
-                        Error::Internal(format!("a checkpointed nats position is unreadable: {e}"))
-                    })?
-                    .stream_sequence,
+                serde_json::from_value::<JetStreamPosition>(p.clone()).map_err(|e| {
+                    Error::Internal(format!("a checkpointed nats position is unreadable: {e}"))
+                })?,
             ),
             None => None,
         };
         let client = self.connection.connect().await?;
-        let input = match &self.connection.stream {
-            None => Input::Core(
-                client
-                    .subscribe(self.connection.subject.clone())
-                    .await
-                    .map_err(|e| Error::service(CONNECTOR, e))?,
+        let (input, after) = match &self.connection.stream {
+            None => (
+                Input::Core(
+                    client
+                        .subscribe(self.connection.subject.clone())
+                        .await
+                        .map_err(|e| Error::service(CONNECTOR, e))?,
+                ),
+                None,
             ),
             Some(stream) => {
                 let (_, st) = self.connection.jetstream(client, stream).await?;
+                let created = st.cached_info().created.to_string();
+                // A position from a stream of the same name made since counts for nothing:
+                // its sequences started over.
+                let resume = saved.filter(|p| {
+                    let same = p.stream_created == created;
+                    if !same {
+                        tracing::warn!(
+                            stream,
+                            "the checkpointed position is of an older stream of this name; reading from the consumer"
+                        );
+                    }
+                    same
+                });
                 let durable = self
                     .durable
                     .clone()
-                    .unwrap_or_else(|| format!("sluice-{stream}"));
-                let consumer =
-                    durable_consumer(&st, &durable, &self.connection.subject, resume).await?;
-                Input::JetStream(Box::new(
-                    consumer
-                        .messages()
-                        .await
-                        .map_err(|e| Error::service(CONNECTOR, e))?,
-                ))
+                    .unwrap_or_else(|| format!("sluice-{}", ctx.reader));
+                let (consumer, after) = durable_consumer(
+                    &st,
+                    &durable,
+                    &self.connection.subject,
+                    resume.map(|p| p.stream_sequence),
+                )
+                .await?;
+                (
+                    Input::JetStream(Box::new(
+                        consumer
+                            .messages()
+                            .await
+                            .map_err(|e| Error::service(CONNECTOR, e))?,
+                    )),
+                    Some((after, created)),
+                )
             }
         };
         Ok(Box::new(NatsSource {
@@ -184,18 +208,23 @@ impl SourceConfig for NatsSourceConfig {
             handed_out: Vec::new(),
             by_checkpoint: BTreeMap::new(),
             to_ack: Vec::new(),
-            accepted: resume.unwrap_or(0),
-            handed_out_up_to: resume,
+            accepted: after.as_ref().map_or(0, |(a, _)| *a),
+            position: after.map(|(stream_sequence, stream_created)| JetStreamPosition {
+                stream_sequence,
+                stream_created,
+            }),
             ctx,
         }))
     }
 }
 
 /// Where a JetStream source stands in a checkpoint: the stream sequence of the last message
-/// it handed out.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// it handed out, and when the stream was made (a stream deleted and made again under the
+/// same name numbers its messages from 1 again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct JetStreamPosition {
     stream_sequence: u64,
+    stream_created: String,
 }
 
 /// The consumer config every run uses, delivering from `deliver_policy`.
@@ -217,61 +246,76 @@ fn consumer_config(
     }
 }
 
-/// The durable consumer `durable` on `st`. A fresh pipeline (`resume` is `None`) carries on
-/// where the consumer's acknowledgements left it. A recovering one makes the consumer anew,
-/// delivering from the stream sequence after `resume`: the server would otherwise redeliver
-/// what the checkpoint already covers, and what it does not only once `ack_wait` ran out,
-/// behind newer messages.
+/// The durable consumer `durable` on `st`, delivering in stream order from the sequence
+/// after the one it returns.
+///
+/// A recovering pipeline (`resume`: the checkpointed sequence) makes the consumer anew
+/// from the sequence after it. A fresh one takes the consumer as it is, unless it holds
+/// messages delivered but never acknowledged (a run that died without a checkpoint): then
+/// it too is made anew, from its acknowledgement floor. Either way nothing comes twice and
+/// nothing waits out `ack_wait` behind newer messages, which the server would otherwise do.
 ///
 /// Deleting a consumer must not cost messages it still needs:
 /// - on an `Interest` stream the server drops what no remaining consumer is interested in,
-///   so a short-lived bridge consumer from the same sequence holds that interest meanwhile;
-/// - on a `WorkQueue` stream nothing is dropped; the messages the checkpoint covers, which
-///   no acknowledgement will now remove, are purged as acknowledged, and the new consumer
+///   so a bridge consumer from the same sequence holds that interest meanwhile;
+/// - on a `WorkQueue` stream nothing is dropped; the messages before the start, which no
+///   acknowledgement will now remove, are purged as acknowledged, and the new consumer
 ///   delivers all that is left (the server allows no other start on a work queue).
 async fn durable_consumer(
     st: &jetstream::stream::Stream,
     durable: &str,
     subject: &str,
     resume: Option<u64>,
-) -> Result<jetstream::consumer::PullConsumer> {
+) -> Result<(jetstream::consumer::PullConsumer, u64)> {
     let consumer_error =
         |e: &dyn std::fmt::Display| Error::service(CONNECTOR, format!("consumer '{durable}': {e}"));
-    let Some(last) = resume else {
-        return st
-            .get_or_create_consumer(
-                durable,
-                consumer_config(durable, subject, Default::default()),
-            )
-            .await
-            .map_err(|e| consumer_error(&e));
+    let existing = st.consumer_info(durable).await.ok();
+    let last = match (resume, &existing) {
+        (Some(last), _) => last,
+        (None, Some(info)) if info.num_ack_pending > 0 => {
+            tracing::info!(
+                consumer = durable,
+                unacknowledged = info.num_ack_pending,
+                "jetstream consumer holds messages of a run that ended without a checkpoint; reading them again"
+            );
+            info.ack_floor.stream_sequence
+        }
+        (None, existing) => {
+            // It goes on after the last message it delivered (all acknowledged).
+            let after = existing.as_ref().map_or(0, |i| i.delivered.stream_sequence);
+            let consumer = st
+                .get_or_create_consumer(
+                    durable,
+                    consumer_config(durable, subject, Default::default()),
+                )
+                .await
+                .map_err(|e| consumer_error(&e))?;
+            return Ok((consumer, after));
+        }
     };
     let from = jetstream::consumer::DeliverPolicy::ByStartSequence {
         start_sequence: last + 1,
     };
     let retention = st.cached_info().config.retention;
-    let bridge = format!("{durable}-resume");
+    // Named after its start, so that one left by a recovery that died half-way is told
+    // apart, and only dropped once the new one holds the interest.
+    let bridge_prefix = format!("{durable}-resume-");
+    let bridge = format!("{bridge_prefix}{}", last + 1);
     if retention == RetentionPolicy::Interest {
-        // One left by a recovery that died half-way would refuse the new start sequence.
-        if st.consumer_info(&bridge).await.is_ok() {
-            st.delete_consumer(&bridge)
-                .await
-                .map_err(|e| consumer_error(&e))?;
-        }
         let mut config = consumer_config(&bridge, subject, from);
         config.inactive_threshold = Duration::from_secs(300);
         st.create_consumer(config)
             .await
             .map_err(|e| consumer_error(&e))?;
     }
-    if st.consumer_info(durable).await.is_ok() {
+    if existing.is_some() {
         st.delete_consumer(durable)
             .await
             .map_err(|e| consumer_error(&e))?;
     }
     let from = if retention == RetentionPolicy::WorkQueue {
-        // A work-queue consumer must deliver all: what the checkpoint covered goes first,
-        // so that "all" starts right after it.
+        // A work-queue consumer must deliver all: what comes before the start goes first,
+        // so that "all" starts right there.
         st.purge()
             .filter(subject)
             .sequence(last + 1)
@@ -286,16 +330,26 @@ async fn durable_consumer(
         .await
         .map_err(|e| consumer_error(&e))?;
     if retention == RetentionPolicy::Interest {
-        st.delete_consumer(&bridge)
-            .await
-            .map_err(|e| consumer_error(&e))?;
+        let mut names = st.consumer_names();
+        let mut bridges = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| consumer_error(&e))?;
+            if name.starts_with(&bridge_prefix) {
+                bridges.push(name);
+            }
+        }
+        for name in bridges {
+            st.delete_consumer(&name)
+                .await
+                .map_err(|e| consumer_error(&e))?;
+        }
     }
     tracing::info!(
         consumer = durable,
         from = last + 1,
-        "jetstream consumer resumed from its checkpoint"
+        "jetstream consumer made anew"
     );
-    Ok(consumer)
+    Ok((consumer, last))
 }
 
 /// A running `nats` source.
@@ -313,8 +367,8 @@ struct NatsSource {
     /// The highest stream sequence taken into the batcher: a message at or below it is a
     /// redelivery (its `ack_wait` ran out) and is only acknowledged again.
     accepted: u64,
-    /// The stream sequence of the last message handed out (JetStream only), the position.
-    handed_out_up_to: Option<u64>,
+    /// JetStream only: the stream sequence of the last message handed out, the position.
+    position: Option<JetStreamPosition>,
     ctx: SourceContext,
 }
 
@@ -380,8 +434,8 @@ impl NatsSource {
         self.batcher.prepare().await?;
         let acks = std::mem::take(&mut self.pending_acks);
         let batch = self.batcher.emit(&self.ctx)?;
-        if matches!(self.input, Input::JetStream(_)) {
-            self.handed_out_up_to = Some(self.accepted);
+        if let Some(p) = &mut self.position {
+            p.stream_sequence = self.accepted;
         }
         if self.ctx.checkpointing {
             self.handed_out.extend(acks);
@@ -440,8 +494,7 @@ impl Source for NatsSource {
     }
 
     fn position(&self) -> Option<serde_json::Value> {
-        let stream_sequence = self.handed_out_up_to?;
-        serde_json::to_value(JetStreamPosition { stream_sequence }).ok()
+        serde_json::to_value(self.position.as_ref()?).ok()
     }
 
     fn on_barrier(&mut self, checkpoint: u64) {

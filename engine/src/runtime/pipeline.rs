@@ -329,8 +329,20 @@ impl Pipeline {
                     if let Ok(mut m) = metrics.sources.lock() {
                         m.push(Arc::clone(&connector_metrics));
                     }
+                    let readings = plan
+                        .nodes
+                        .iter()
+                        .filter(
+                            |n| matches!(&n.op, StreamOp::Source { name, .. } if name == source),
+                        )
+                        .count();
                     let ctx = SourceContext {
                         name: source.clone(),
+                        reader: if readings > 1 {
+                            format!("{name}-{source}-{t}")
+                        } else {
+                            format!("{name}-{source}")
+                        },
                         batch_size: binding.decl.batch_size,
                         linger: binding.decl.linger,
                         metrics: Arc::clone(&connector_metrics),
