@@ -69,9 +69,19 @@ pub struct SinkContext {
     /// Whether checkpoints commit the output: files are staged until
     /// [`SinkConfig::commit`] instead of becoming visible as soon as they are complete.
     pub two_phase: bool,
-    /// For an updating query (a `GROUP BY` without a window), the input columns that
-    /// identify a row: its group keys. A sink that upserts must key on exactly these.
-    pub update_key: Option<Vec<usize>>,
+    /// For an updating query (a `GROUP BY` without a window), what identifies a row: its
+    /// group keys. A sink that upserts must key on exactly these. `None` for an append-only
+    /// query.
+    pub update_key: Option<UpdateKey>,
+}
+
+/// What identifies a row of an updating query's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateKey {
+    /// The group keys, at these columns of the sink's input.
+    Columns(Vec<usize>),
+    /// Some group key does not reach the output as a column of its own.
+    NotInOutput,
 }
 
 /// A validated sink declaration.

@@ -1,7 +1,7 @@
 //! Formats of message-based connectors (Kafka, MQTT, NATS), where every message is one
-//! record: `json` (one object), `csv` (one line, no header), `raw` (the payload as one
-//! VARCHAR column, which must hold UTF-8 text, or one BYTEA column, byte for byte) or `avro` (one datum, plain or in the Confluent wire format; see
-//! [`crate::format::avro`]). Decoding works on a [`MessageBuffer`] of many messages at
+//! record: `json` (one object), `csv` (one record, no header), `raw` (the payload as one
+//! VARCHAR column, which must hold UTF-8 text, or one BYTEA column, byte for byte) or
+//! `avro` (one datum, plain or in the Confluent wire format; see [`crate::format::avro`]). Decoding works on a [`MessageBuffer`] of many messages at
 //! once, so the vectorised decoders see whole batches; a [`MessageEncoder`] turns a batch
 //! into one payload per row.
 
@@ -220,7 +220,7 @@ pub enum MessageDecoder {
     Json(Box<JsonDecoder>),
     /// One CSV record per message, through the file decoder.
     Csv(Box<CsvDecoder>),
-    /// The payload as a string.
+    /// The payload as one column: VARCHAR (UTF-8 text) or BYTEA (the bytes).
     Raw(SchemaRef),
     /// Avro datums.
     Avro(Box<AvroDecoder>),
@@ -309,8 +309,8 @@ pub struct MessageBatcher {
 }
 
 impl MessageBatcher {
-    /// A batcher decoding with `decoder`, reporting bad records as `"<name>:<n>"` (`n`
-    /// counts messages from 1).
+    /// A batcher decoding with `decoder`, reporting bad records as `"<name>:<n>"`: `n`
+    /// counts messages from 1, or is the id given to [`MessageBatcher::push_with_id`].
     pub fn new(decoder: MessageDecoder, name: String) -> Self {
         Self {
             decoder,
@@ -547,12 +547,16 @@ fn encode_rows(format: &MessageFormat, batch: &RecordBatch) -> Result<Vec<Vec<u8
                 ));
             }
             let column = batch.column(0);
-            if let Some(bytes) = column.as_binary_opt::<i32>() {
-                // Bytes go out as they are; a NULL is an empty payload.
-                return Ok(bytes
-                    .iter()
-                    .map(|v| v.unwrap_or_default().to_vec())
-                    .collect());
+            // Bytes go out as they are; a NULL is an empty payload.
+            let bytes = |v: Option<&[u8]>| v.unwrap_or_default().to_vec();
+            if let Some(b) = column.as_binary_opt::<i32>() {
+                return Ok(b.iter().map(bytes).collect());
+            }
+            if let Some(b) = column.as_binary_opt::<i64>() {
+                return Ok(b.iter().map(bytes).collect());
+            }
+            if let Some(b) = column.as_binary_view_opt() {
+                return Ok(b.iter().map(bytes).collect());
             }
             let options = FormatOptions::default();
             let f = ArrayFormatter::try_new(column.as_ref(), &options)?;

@@ -118,6 +118,7 @@ impl KafkaSourceConfig {
         let connection = Connection::from_options(&mut options)?;
         connection.validate_properties(&[
             ("bootstrap.servers", "use the option 'bootstrap_servers'"),
+            ("metadata.broker.list", "use the option 'bootstrap_servers'"),
             ("group.id", "use the option 'group_id'"),
             ("auto.offset.reset", "use the option 'start'"),
             (
@@ -199,6 +200,7 @@ impl KafkaSinkConfig {
         let connection = Connection::from_options(&mut options)?;
         connection.validate_properties(&[
             ("bootstrap.servers", "use the option 'bootstrap_servers'"),
+            ("metadata.broker.list", "use the option 'bootstrap_servers'"),
             (
                 "transactional.id",
                 "the kafka sink is at-least-once and does not use transactions yet",

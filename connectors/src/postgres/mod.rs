@@ -27,7 +27,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use crate::error::{Error, Result};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
-use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
+use crate::sink::{Precommit, Sink, SinkConfig, SinkContext, UpdateKey};
 
 const CONNECTOR: &str = "postgres";
 /// Attempts per batch before the pipeline fails.
@@ -73,8 +73,7 @@ impl SinkConfig for PostgresSinkConfig {
 
     async fn open(&self, schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
         Ok(Box::new(
-            PostgresSink::open(self.clone(), schema, ctx.update_key.as_deref(), ctx.metrics)
-                .await?,
+            PostgresSink::open(self.clone(), schema, ctx.update_key.as_ref(), ctx.metrics).await?,
         ))
     }
 }
@@ -153,7 +152,7 @@ impl PostgresSink {
     async fn open(
         config: PostgresSinkConfig,
         schema: SchemaRef,
-        update_key: Option<&[usize]>,
+        update_key: Option<&UpdateKey>,
         metrics: Arc<ConnectorMetrics>,
     ) -> Result<Self> {
         let columns = schema
@@ -189,8 +188,14 @@ impl PostgresSink {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(keys) = update_key {
-            let mut want: Vec<usize> = keys.to_vec();
+        if update_key == Some(&UpdateKey::NotInOutput) {
+            return Err(Error::option(
+                CONNECTOR,
+                "to upsert an updating query on primary_key, select its GROUP BY columns as they are",
+            ));
+        }
+        if let Some(UpdateKey::Columns(keys)) = update_key {
+            let mut want: Vec<usize> = keys.clone();
             let mut got = key_columns.clone();
             want.sort_unstable();
             got.sort_unstable();

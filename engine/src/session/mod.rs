@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::sql::sqlparser::ast::Query;
-use sluice_connectors::{ConnectorMetrics, Options, SinkContext};
+use sluice_connectors::{ConnectorMetrics, Options, SinkContext, UpdateKey};
 use sluice_planner::catalog::{MaterializedViewEntry, SinkEntry, SourceEntry, ViewEntry};
 use sluice_planner::{
     Catalog, ObjectKind, ParsedStatement, Planner, SinkInput, Statement, StreamPlan,
@@ -310,7 +310,10 @@ impl Session {
                         name: name.clone(),
                         metrics: Arc::new(ConnectorMetrics::default()),
                         two_phase: recovery.is_some(),
-                        update_key: plan.update_key(),
+                        update_key: plan.is_updating().then(|| {
+                            plan.update_key()
+                                .map_or(UpdateKey::NotInOutput, UpdateKey::Columns)
+                        }),
                     };
                     let sink = config.open(Arc::clone(&schema), ctx).await?;
                     self.start(name, plan, sink, recovery)?;
@@ -660,7 +663,7 @@ impl Session {
         .map(drop)
     }
 
-    /// Waits until every pipeline has ended, however it ends.
+    /// Waits until every pipeline has ended, or one has failed.
     ///
     /// # Errors
     /// The first pipeline error, as soon as any pipeline fails: one failed pipeline ends the
