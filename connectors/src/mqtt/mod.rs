@@ -7,8 +7,9 @@
 //! row and, at every checkpoint, waits until the broker acknowledged everything published
 //! before it (QoS 1 or 2): at-least-once.
 //!
-//! Options: `url` (`mqtt://host:1883`), `topic`, `qos` (0, 1 or 2; default 1), `client_id`,
-//! `format` (json, csv, raw).
+//! Options: `url` (`mqtt://host:1883`, or `mqtt://user:password@host:1883` for a broker that
+//! wants a login; percent-encoded), `topic` (a valid filter, checked at CREATE), `qos` (0, 1
+//! or 2; default 1), `client_id`, `format` (json, csv, raw, avro).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 struct Connection {
     host: String,
     port: u16,
+    /// User name and password from the URL (`mqtt://user:password@host`).
+    credentials: Option<(String, String)>,
     topic: String,
     qos: QoS,
     client_id: Option<String>,
@@ -66,6 +69,16 @@ impl Connection {
             .ok_or_else(|| Error::option(CONNECTOR, format!("option 'url' has no host: '{url}'")))?
             .to_string();
         let port = parsed.port().unwrap_or(1883);
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|e| Error::option(CONNECTOR, format!("option 'url': {e}")))
+        };
+        let credentials = match parsed.username() {
+            "" => None,
+            user => Some((decode(user)?, decode(parsed.password().unwrap_or(""))?)),
+        };
         let topic = options.require_string("topic")?;
         let qos = match options.take_choice("qos", &["0", "1", "2"])?.as_deref() {
             Some("0") => QoS::AtMostOnce,
@@ -77,6 +90,7 @@ impl Connection {
         Ok(Self {
             host,
             port,
+            credentials,
             topic,
             qos,
             client_id,
@@ -92,6 +106,9 @@ impl Connection {
         let mut opts = MqttOptions::new(id, self.host.clone(), self.port);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(16 << 20, 16 << 20);
+        if let Some((user, password)) = &self.credentials {
+            opts.set_credentials(user, password);
+        }
         AsyncClient::new(opts, 1024)
     }
 }
@@ -110,6 +127,16 @@ impl MqttSourceConfig {
     /// An [`Error::Option`] naming a missing, unknown or ill-typed option.
     pub fn try_new(mut options: Options, declared: Option<SchemaRef>) -> Result<Self> {
         let connection = Connection::from_options(&mut options)?;
+        // Else the broker refuses the subscription at run time and the source reads nothing.
+        if !rumqttc::valid_filter(&connection.topic) {
+            return Err(Error::option(
+                CONNECTOR,
+                format!(
+                    "option 'topic' is not a valid MQTT topic filter: '{}'",
+                    connection.topic
+                ),
+            ));
+        }
         let schema = connection.format.schema(CONNECTOR, declared)?;
         connection.format.decoder(&schema)?;
         options.finish()?;
