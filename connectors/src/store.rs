@@ -54,6 +54,11 @@ pub fn resolve(location: &str, aws_options: &[(String, String)]) -> Result<Locat
             base.split_once("://").map(|(_, r)| r).unwrap_or(rest)
         ))
         .map_err(|e| Error::Input(format!("'{location}' is not a valid URL: {e}")))?;
+        if !aws_options.is_empty() && !matches!(scheme, "s3" | "s3a") {
+            return Err(Error::Input(format!(
+                "aws_* options apply to s3:// locations, not to '{location}'"
+            )));
+        }
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             "file" => {
                 let p = std::path::Path::new(url.path());
