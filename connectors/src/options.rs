@@ -144,6 +144,28 @@ impl Options {
         }
     }
 
+    /// Takes an option holding a positive number of seconds (`'30'`, `'0.5'`) or a
+    /// duration (`'10s'`, `'5m'`).
+    ///
+    /// # Errors
+    /// When the value is neither, or not positive.
+    pub fn take_seconds(&mut self, key: &str) -> Result<Option<Duration>> {
+        let Some(value) = self.take_string(key) else {
+            return Ok(None);
+        };
+        let parsed = match value.trim().parse::<f64>() {
+            Ok(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs).ok(),
+            Ok(_) => None,
+            Err(_) => parse_duration(&value).filter(|d| !d.is_zero()),
+        };
+        parsed.map(Some).ok_or_else(|| {
+            Error::option(
+                &self.connector,
+                format!("option '{key}' must be a positive number of seconds, got '{value}'"),
+            )
+        })
+    }
+
     /// Takes an option whose value must be one of `allowed`.
     ///
     /// # Errors

@@ -1,13 +1,15 @@
 //! The `file` sink: writes CSV (with a header row) or JSON-lines part files into a folder.
 //!
 //! A part file is built in memory and stored with one atomic `put` when it is complete (at
-//! `rollover_rows` rows, or when the sink finishes), so a reader never sees a partial file.
+//! `rollover_rows` rows, `rollover_seconds` after its first row, or when the sink
+//! finishes), so a reader never sees a partial file.
 //! Part files are named `part-<n>-<unique>.csv` / `.jsonl`; the unique suffix keeps two runs
 //! writing into the same folder from overwriting each other. With checkpoints they are
 //! staged and committed as [`crate::commit`] describes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -46,6 +48,7 @@ pub struct FileSinkConfig {
     location: Location,
     format: TextFormat,
     rollover_rows: u64,
+    rollover_seconds: Option<Duration>,
 }
 
 /// Resolves a sink's `path` option: a folder (local path or URL), never a glob.
@@ -67,8 +70,6 @@ pub(crate) fn output_location(
     Ok(location)
 }
 
-/// A suffix no other sink instance, in this process or another, uses: the process id, the
-/// time in nanoseconds and a per-process counter, in hex.
 impl FileSinkConfig {
     /// Validates the options of a `file` sink. Nothing is written until rows arrive.
     ///
@@ -96,12 +97,14 @@ impl FileSinkConfig {
                 "option 'rollover_rows' must be at least 1",
             ));
         }
+        let rollover_seconds = options.take_seconds("rollover_seconds")?;
         options.finish()?;
         let location = output_location("file", &path, &aws)?;
         Ok(Self {
             location,
             format,
             rollover_rows,
+            rollover_seconds,
         })
     }
 }
@@ -114,6 +117,7 @@ impl SinkConfig for FileSinkConfig {
             metrics: ctx.metrics,
             buf: Vec::new(),
             rows: 0,
+            opened: None,
             parts: PartFiles::new(Arc::clone(&self.location.store), ctx.two_phase, &ctx.name),
         }))
     }
@@ -136,6 +140,8 @@ struct FileSink {
     buf: Vec<u8>,
     /// Rows in `buf`.
     rows: u64,
+    /// When the first row of `buf` came.
+    opened: Option<Instant>,
     parts: PartFiles,
 }
 
@@ -176,6 +182,7 @@ impl FileSink {
         tracing::debug!(file = %path, rows = self.rows, "file sink wrote a part file");
         self.metrics.bytes.fetch_add(len, Ordering::Relaxed);
         self.rows = 0;
+        self.opened = None;
         Ok(())
     }
 }
@@ -189,6 +196,7 @@ impl Sink for FileSink {
             let room = usize::try_from(self.config.rollover_rows - self.rows).unwrap_or(usize::MAX);
             let take = room.min(total - offset);
             self.encode(&batch.slice(offset, take))?;
+            self.opened.get_or_insert_with(Instant::now);
             self.rows += take as u64;
             offset += take;
             if self.rows >= self.config.rollover_rows {
@@ -211,6 +219,17 @@ impl Sink for FileSink {
             pending: self.parts.pre_commit(checkpoint),
             state: Vec::new(),
         })
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.opened?.checked_add(self.config.rollover_seconds?)
+    }
+
+    async fn on_timer(&mut self) -> Result<()> {
+        if self.next_timer().is_some_and(|due| due <= Instant::now()) {
+            self.flush_part().await?;
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +311,33 @@ mod tests {
         let second = std::fs::read_to_string(out.join(&names[1])).unwrap();
         assert_eq!(second, "id,s\n4,\"v,4\"\n");
         assert_eq!(metrics.records.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn rollover_seconds_finishes_a_part_with_no_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let config = FileSinkConfig::try_new(opts(&[
+            ("path", out.to_str().unwrap()),
+            ("format", "json"),
+            ("rollover_seconds", "0.2"),
+        ]))
+        .unwrap();
+        let mut sink = config
+            .open(batch(&[]).schema(), SinkContext::default())
+            .await
+            .unwrap();
+        assert_eq!(sink.next_timer(), None);
+        sink.write(batch(&[1, 2])).await.unwrap();
+        let due = sink.next_timer().unwrap();
+        sink.on_timer().await.unwrap();
+        assert!(!out.exists() || files(&out).is_empty(), "not due yet");
+        tokio::time::sleep_until(due.into()).await;
+        sink.on_timer().await.unwrap();
+        let names = files(&out);
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with(".jsonl"), "{names:?}");
+        assert_eq!(sink.next_timer(), None, "nothing open");
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::file::sink::output_location;
-use crate::options::{Options, parse_duration};
+use crate::options::Options;
 use crate::sink::{Sink, SinkConfig, SinkContext};
 use crate::store::Location;
 
@@ -61,7 +61,7 @@ impl ParquetSinkConfig {
                 ));
             }
         }
-        let rollover_seconds = take_seconds(&mut options, "rollover_seconds")?;
+        let rollover_seconds = options.take_seconds("rollover_seconds")?;
         let partition_by = options.take_list("partition_by");
         for (i, column) in partition_by.iter().enumerate() {
             if partition_by[..i].contains(column) {
@@ -95,24 +95,6 @@ impl ParquetSinkConfig {
             compression,
         })
     }
-}
-
-/// Takes an option holding a number of seconds (`'30'`, `'0.5'`) or a duration (`'10s'`, `'5m'`).
-fn take_seconds(options: &mut Options, key: &str) -> Result<Option<Duration>> {
-    let Some(value) = options.take_string(key) else {
-        return Ok(None);
-    };
-    let parsed = match value.trim().parse::<f64>() {
-        Ok(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs).ok(),
-        Ok(_) => None,
-        Err(_) => parse_duration(&value).filter(|d| !d.is_zero()),
-    };
-    parsed.map(Some).ok_or_else(|| {
-        Error::option(
-            CONNECTOR,
-            format!("option '{key}' must be a positive number of seconds, got '{value}'"),
-        )
-    })
 }
 
 #[async_trait::async_trait]
