@@ -31,6 +31,13 @@ use crate::sink::{Precommit, Sink, SinkContext};
 /// The folder name Hive gives a NULL (or empty) partition value.
 const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
+/// Files open at once, at most: each holds its rows in memory until it is finished, so a
+/// `partition_by` with many values finishes the file open longest before opening another.
+const MAX_OPEN_FILES: usize = 256;
+
+/// Bytes the open files may hold together before the largest is finished early.
+const MAX_BUFFERED_BYTES: u64 = 512 << 20;
+
 /// A running `parquet` sink.
 pub(super) struct ParquetSink {
     root: Path,
@@ -241,6 +248,15 @@ impl ParquetSink {
             let folder = if self.open.contains_key(&key) {
                 None
             } else {
+                if self.open.len() >= MAX_OPEN_FILES
+                    && let Some(oldest) = self
+                        .open
+                        .iter()
+                        .min_by_key(|(_, f)| f.opened)
+                        .map(|(k, _)| k.clone())
+                {
+                    self.close(&oldest).await?;
+                }
                 Some(self.folder(&key)?)
             };
             let file = match self.open.entry(key.clone()) {
@@ -267,8 +283,30 @@ impl ParquetSink {
             if file.rows >= self.rollover_rows || size >= self.rollover_bytes {
                 self.close(&key).await?;
             }
+            self.bound_memory().await?;
         }
         Ok(())
+    }
+
+    /// Finishes the largest open files while together they hold more than
+    /// [`MAX_BUFFERED_BYTES`].
+    async fn bound_memory(&mut self) -> Result<()> {
+        let size = |f: &OpenFile| (f.writer.bytes_written() + f.writer.in_progress_size()) as u64;
+        loop {
+            let total: u64 = self.open.values().map(size).sum();
+            if total <= MAX_BUFFERED_BYTES {
+                return Ok(());
+            }
+            let Some(largest) = self
+                .open
+                .iter()
+                .max_by_key(|(_, f)| size(f))
+                .map(|(k, _)| k.clone())
+            else {
+                return Ok(());
+            };
+            self.close(&largest).await?;
+        }
     }
 
     /// Closes every file open longer than `rollover_seconds`.
@@ -482,6 +520,36 @@ mod tests {
             .unwrap();
         forever.write(batch(&[3], &[Some("b")])).await.unwrap();
         assert_eq!(forever.next_timer(), None);
+    }
+
+    /// Regression: every partition value kept a file open in memory until the end, so a
+    /// `partition_by` with many values could run the process out of memory.
+    #[tokio::test]
+    async fn many_partition_values_keep_a_bounded_number_of_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = config(dir.path(), &[("partition_by", "k")])
+            .open(schema(), SinkContext::default())
+            .await
+            .unwrap();
+        let ids: Vec<i64> = (0..300).collect();
+        let keys: Vec<String> = ids.iter().map(|i| format!("k{i}")).collect();
+        sink.write(batch(
+            &ids,
+            &keys.iter().map(|k| Some(k.as_str())).collect::<Vec<_>>(),
+        ))
+        .await
+        .unwrap();
+        let finished = files(dir.path()).len();
+        assert_eq!(finished, 300 - MAX_OPEN_FILES, "files finished early");
+        sink.finish().await.unwrap();
+        let names = files(dir.path());
+        assert_eq!(names.len(), 300);
+        let rows: usize = names
+            .iter()
+            .flat_map(|n| read(&dir.path().join(n)))
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 300);
     }
 
     #[tokio::test]
