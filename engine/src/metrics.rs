@@ -21,6 +21,8 @@ pub struct PipelineMetrics {
     pub watermark: AtomicI64,
     /// The sources' connector counters (`bad_records` among them).
     pub sources: std::sync::Mutex<Vec<Arc<ConnectorMetrics>>>,
+    /// The sink connector's counters, for a pipeline that writes to one.
+    pub sink: std::sync::Mutex<Option<Arc<ConnectorMetrics>>>,
 }
 
 impl Default for PipelineMetrics {
@@ -31,6 +33,7 @@ impl Default for PipelineMetrics {
             late_rows_dropped: Arc::new(AtomicU64::new(0)),
             watermark: AtomicI64::new(WATERMARK_MIN),
             sources: std::sync::Mutex::new(Vec::new()),
+            sink: std::sync::Mutex::new(None),
         }
     }
 }
@@ -48,6 +51,8 @@ pub struct MetricsSnapshot {
     pub bad_records: u64,
     /// Bytes the sources read, where they know it.
     pub bytes_in: u64,
+    /// Errors of external services the sources and the sink met and retried.
+    pub connector_errors: u64,
     /// Records in the sources' input not read yet (Kafka), `None` where no source knows.
     pub source_lag: Option<u64>,
     /// The watermark, nanoseconds (i64::MIN before any).
@@ -58,16 +63,24 @@ impl PipelineMetrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let (mut bad_records, mut bytes_in, mut source_lag) = (0, 0, None);
+        let mut connector_errors = 0;
         if let Ok(sources) = self.sources.lock() {
             for m in sources.iter() {
                 bad_records += m.bad_records.load(Ordering::Relaxed);
                 bytes_in += m.bytes.load(Ordering::Relaxed);
+                connector_errors += m.errors.load(Ordering::Relaxed);
                 if let Some(lag) = m.lag() {
                     *source_lag.get_or_insert(0) += lag;
                 }
             }
         }
+        if let Ok(sink) = self.sink.lock()
+            && let Some(m) = sink.as_ref()
+        {
+            connector_errors += m.errors.load(Ordering::Relaxed);
+        }
         MetricsSnapshot {
+            connector_errors,
             rows_in: self.rows_in.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             late_rows_dropped: self.late_rows_dropped.load(Ordering::Relaxed),

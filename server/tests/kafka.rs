@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{avro_long, free_port, http_get, read_avro_long};
+use common::{avro_long, free_port, http_get, read_avro_long, sample, wait_for_port};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,17 +25,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A tool installed by scripts/test, found through its environment variable or the cache.
 fn tool(var: &str, default: &str) -> PathBuf {
@@ -756,15 +745,6 @@ async fn avro_with_a_schema_registry_through_a_tumble_into_avro_on_kafka() {
         );
     }
     assert_eq!(got, want, "schema of the sink: {sink_schema}");
-}
-
-/// The value of `metric{pipeline="name"}` in a Prometheus text reply.
-fn sample(metrics: &str, metric: &str, pipeline: &str) -> Option<f64> {
-    let prefix = format!("{metric}{{pipeline=\"{pipeline}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test]

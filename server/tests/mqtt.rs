@@ -1,13 +1,14 @@
-//! The `mqtt` connector against a Mosquitto that wants a login: the test starts its own
+//! The `mqtt` connector against a Mosquitto that wants a login: the tests start their own
 //! broker (the machine's `mosquitto` binary) on a free loopback port with a password file
 //! and no anonymous access, so only a client that sends the URL's user and password gets
-//! through. If Mosquitto cannot be started the test fails and says so.
+//! through; one stops and restarts it under a running `sluice serve`. If Mosquitto cannot
+//! be started the tests fail and say so.
 
 // Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::free_port;
+use common::{free_port, http_get, sample, wait_for_port};
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +20,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 struct Broker {
     child: Child,
     port: u16,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -44,32 +46,72 @@ impl Broker {
             ),
         )
         .unwrap();
+        let child = Self::spawn(&config, port);
+        Self {
+            child,
+            port,
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(config: &std::path::Path, port: u16) -> Child {
         let child = Command::new("mosquitto")
             .args(["-c", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("mosquitto cannot start: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
+        wait_for_port(port, "mosquitto");
+        child
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port (it keeps no messages: not persistent).
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.config, self.port);
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// A test client of the broker, logged in.
+fn client(port: u16, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_credentials(USER, PASSWORD);
+    AsyncClient::new(opts, 100)
+}
+
+/// Publishes `count` readings from a fresh client and waits until they are sent.
+async fn publish(port: u16, count: i64) {
+    let (client, mut events) = client(port, "test-publisher");
+    for id in 0..count {
+        client
+            .publish(
+                "in/1",
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"id": {id}}}"#),
+            )
+            .await
+            .unwrap();
+    }
+    client.disconnect().await.unwrap();
+    // Drive the connection until the disconnect went out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), events.poll()).await {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
+            _ => {}
+        }
     }
 }
 
@@ -77,9 +119,7 @@ impl Drop for Broker {
 async fn a_broker_that_wants_a_login_gets_the_urls_user_and_password() {
     let broker = Broker::start();
     let port = broker.port;
-    let mut opts = MqttOptions::new("test-client", "127.0.0.1", port);
-    opts.set_credentials(USER, PASSWORD);
-    let (client, mut events) = AsyncClient::new(opts, 100);
+    let (client, mut events) = client(port, "test-client");
     client.subscribe("out", QoS::AtLeastOnce).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -148,4 +188,73 @@ async fn a_broker_that_wants_a_login_gets_the_urls_user_and_password() {
         (0..20).collect(),
         "rows through a broker that wants a login"
     );
+}
+
+/// The broker stopped under a running `sluice serve` and started again: the source counts
+/// the failed reconnects in `sluice_connector_errors_total`, and reads again once the
+/// broker is back, with no restart of the pipeline.
+#[tokio::test]
+async fn a_broker_gone_is_counted_and_the_source_comes_back_with_it() {
+    let mut broker = Broker::start();
+    let port = broker.port;
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(http, "sluice serve");
+    let url = format!("mqtt://{USER}:p%40ss%3Aword@127.0.0.1:{port}");
+    let ddl = format!(
+        "CREATE SOURCE readings (id BIGINT)
+             WITH (connector = 'mqtt', url = '{url}', topic = 'in/+', format = 'json', linger = '20ms');
+         CREATE MATERIALIZED VIEW seen AS SELECT id FROM readings;"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["sql", "--server", &format!("127.0.0.1:{grpc}"), "-c", &ddl])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metric = |name: &str| sample(&http_get(http, "/metrics"), name, "seen");
+    // Publish until the source's subscription is up and rows come in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("sluice_rows_in_total").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "no rows before the outage");
+        publish(port, 5).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(metric("sluice_connector_errors_total"), Some(0.0));
+
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("sluice_connector_errors_total").unwrap_or(0.0) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no errors counted while the broker is down: {}",
+            http_get(http, "/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.restart();
+    let before = metric("sluice_rows_in_total").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("sluice_rows_in_total").unwrap_or(0.0) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no rows after the broker came back"
+        );
+        publish(port, 5).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(metric("sluice_pipeline_running"), Some(1.0));
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -401,7 +401,8 @@ impl KafkaSource {
 
 /// librdkafka reconnects by itself; a broker that went away shows up here as transport
 /// errors until it is back.
-async fn consumer_error(topic: &str, e: &rdkafka::error::KafkaError) {
+async fn consumer_error(topic: &str, e: &rdkafka::error::KafkaError, metrics: &ConnectorMetrics) {
+    metrics.error();
     tracing::warn!(topic, error = %e, "kafka consumer error; retrying");
     tokio::time::sleep(ERROR_BACKOFF).await;
 }
@@ -434,13 +435,13 @@ impl Source for KafkaSource {
                 return Ok(None);
             }
             if let Some(e) = self.serve_consumer_queue() {
-                consumer_error(&self.topic, &e).await;
+                consumer_error(&self.topic, &e, &self.ctx.metrics).await;
                 continue;
             }
             // Take what the client has fetched already, without waiting.
             let (taken, error) = self.take_fetched();
             if let Some(e) = error {
-                consumer_error(&self.topic, &e).await;
+                consumer_error(&self.topic, &e, &self.ctx.metrics).await;
             }
             if taken > 0 {
                 continue;

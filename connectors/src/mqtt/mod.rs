@@ -163,6 +163,7 @@ impl SourceConfig for MqttSourceConfig {
             self.connection.topic.clone(),
             self.connection.qos,
             tx,
+            Arc::clone(&ctx.metrics),
         ));
         Ok(Box::new(MqttSource {
             rx,
@@ -183,6 +184,7 @@ async fn receive(
     topic: String,
     qos: QoS,
     tx: mpsc::Sender<Bytes>,
+    metrics: Arc<ConnectorMetrics>,
 ) {
     loop {
         match eventloop.poll().await {
@@ -201,6 +203,7 @@ async fn receive(
                 if tx.is_closed() {
                     return;
                 }
+                metrics.error();
                 tracing::warn!(topic, error = %e, "mqtt connection lost; reconnecting");
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
             }
@@ -269,6 +272,7 @@ impl SinkConfig for MqttSinkConfig {
             eventloop,
             self.connection.qos,
             Arc::clone(&acked),
+            Arc::clone(&ctx.metrics),
         ));
         Ok(Box::new(MqttSink {
             client,
@@ -289,7 +293,12 @@ impl SinkConfig for MqttSinkConfig {
 }
 
 /// Drives the sink's client, counting what the broker acknowledged.
-async fn acknowledge(mut eventloop: EventLoop, qos: QoS, acked: Arc<AtomicU64>) {
+async fn acknowledge(
+    mut eventloop: EventLoop,
+    qos: QoS,
+    acked: Arc<AtomicU64>,
+    metrics: Arc<ConnectorMetrics>,
+) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) if qos == QoS::AtLeastOnce => {
@@ -304,6 +313,7 @@ async fn acknowledge(mut eventloop: EventLoop, qos: QoS, acked: Arc<AtomicU64>) 
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
+                metrics.error();
                 tracing::warn!(error = %e, "mqtt sink connection lost; reconnecting");
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
             }

@@ -406,6 +406,7 @@ impl NatsSource {
             Some(None) => Ok(None),
             Some(Some(Ok(m))) => Ok(Some(Some(m))),
             Some(Some(Err(e))) => {
+                self.ctx.metrics.error();
                 tracing::warn!(error = %e, "nats consumer error; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 Ok(Some(None))

@@ -386,6 +386,7 @@ impl PostgresSink {
                 if attempt == ATTEMPTS {
                     return Err(e);
                 }
+                self.metrics.error();
                 tracing::warn!(table = %self.config.table, attempt, error = %e, "postgres unreachable; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -397,6 +398,7 @@ impl PostgresSink {
             match client.execute(statement, &refs).await {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt < ATTEMPTS => {
+                    self.metrics.error();
                     tracing::warn!(table = %self.config.table, attempt, error = %e, "postgres write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;

@@ -38,6 +38,8 @@ pub struct SourceBinding {
 pub struct SinkTarget {
     /// The running sink.
     pub sink: Box<dyn Sink>,
+    /// Its connector's counters, reported with the pipeline's (none for engine-owned sinks).
+    pub metrics: Option<Arc<ConnectorMetrics>>,
 }
 
 /// How a pipeline checkpoints, and what it resumes from.
@@ -150,6 +152,9 @@ impl Pipeline {
         checkpointing: Option<Checkpointing>,
     ) -> Result<Self> {
         let metrics = Arc::new(PipelineMetrics::default());
+        if let Ok(mut sink) = metrics.sink.lock() {
+            sink.clone_from(&target.metrics);
+        }
         let fingerprint = plan_fingerprint(&plan);
         let restored = checkpointing.as_ref().and_then(|c| c.restored.as_ref());
         if let Some(r) = restored

@@ -306,9 +306,10 @@ impl Session {
                     // Its bounded input was consumed and committed before a restart.
                     self.finished_restored.insert(name.clone());
                 } else {
+                    let sink_metrics = Arc::new(ConnectorMetrics::default());
                     let ctx = SinkContext {
                         name: name.clone(),
-                        metrics: Arc::new(ConnectorMetrics::default()),
+                        metrics: Arc::clone(&sink_metrics),
                         two_phase: recovery.is_some(),
                         update_key: plan.is_updating().then(|| {
                             plan.update_key()
@@ -316,7 +317,7 @@ impl Session {
                         }),
                     };
                     let sink = config.open(Arc::clone(&schema), ctx).await?;
-                    self.start(name, plan, sink, recovery)?;
+                    self.start(name, plan, sink, Some(sink_metrics), recovery)?;
                 }
                 self.catalog.sinks.insert(
                     name.clone(),
@@ -391,7 +392,7 @@ impl Session {
                             self.finished_restored.insert(name.clone());
                         } else {
                             let sink = Box::new(ViewSink::new(Arc::clone(&store)));
-                            self.start(name, plan, sink, recovery)?;
+                            self.start(name, plan, sink, None, recovery)?;
                         }
                     }
                 }
@@ -461,13 +462,14 @@ impl Session {
         name: &str,
         plan: StreamPlan,
         sink: Box<dyn sluice_connectors::Sink>,
+        metrics: Option<Arc<ConnectorMetrics>>,
         checkpointing: Option<Checkpointing>,
     ) -> Result<()> {
         let pipeline = Pipeline::start(
             name,
             plan,
             &self.sources,
-            SinkTarget { sink },
+            SinkTarget { sink, metrics },
             checkpointing,
         )?;
         self.pipelines.push(pipeline);
@@ -556,7 +558,7 @@ impl Session {
         let (tx, rx) = mpsc::channel(crate::runtime::CHANNEL_CAPACITY);
         self.queries += 1;
         let name = format!("query-{}", self.queries);
-        self.start(&name, plan, Box::new(ChannelSink::new(tx)), None)?;
+        self.start(&name, plan, Box::new(ChannelSink::new(tx)), None, None)?;
         Ok(StatementOutput::Stream {
             schema,
             rows: rx,

@@ -52,6 +52,12 @@ const METRICS: &[Metric] = &[
         value: |_, m| Some(m.bad_records as f64),
     },
     Metric {
+        name: "sluice_connector_errors_total",
+        kind: "counter",
+        help: "Errors of external services (a broker or database gone, a write refused) that the pipeline's connectors met and retried.",
+        value: |_, m| Some(m.connector_errors as f64),
+    },
+    Metric {
         name: "sluice_late_rows_dropped_total",
         kind: "counter",
         help: "Rows dropped because every window they belong to was already emitted.",

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 /// A free loopback port, never the same twice in this process: tests run in parallel, and
 /// a port handed to one server could otherwise be handed to another before it binds it.
@@ -60,4 +61,25 @@ pub fn read_avro_long(bytes: &[u8], pos: &mut usize) -> i64 {
         shift += 7;
     }
     ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+/// Waits until something listens on loopback `port`, failing the test after 30 s.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of `metric{pipeline="name"}` in a Prometheus text reply.
+pub fn sample(metrics: &str, metric: &str, pipeline: &str) -> Option<f64> {
+    let prefix = format!("{metric}{{pipeline=\"{pipeline}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
 }
