@@ -66,9 +66,28 @@ pub struct Session {
     finished_restored: std::collections::HashSet<String>,
     /// CREATE statements of the live objects, in creation order: (kind, name, sql).
     definitions: Vec<(ObjectKind, String, String)>,
+    /// Stored CREATE statements that failed to run again at restore (a database down, an
+    /// option a newer version refuses): kept in the catalog, after the live ones, to be
+    /// tried at the next start, until a CREATE or a DROP of the same name replaces them.
+    held: Vec<(ObjectKind, String, String)>,
     store: Option<CatalogStore>,
     /// Checkpointing of sink and materialized-view pipelines, when on.
     checkpoints: Option<CheckpointConfig>,
+}
+
+/// The kind and name of what a CREATE statement makes.
+fn created(stmt: &ParsedStatement) -> Option<(ObjectKind, &String)> {
+    match &stmt.statement {
+        Statement::CreateSource { name, .. } => Some((ObjectKind::Source, name)),
+        Statement::CreateSink { name, .. } => Some((ObjectKind::Sink, name)),
+        Statement::CreateView {
+            name,
+            materialized: true,
+            ..
+        } => Some((ObjectKind::MaterializedView, name)),
+        Statement::CreateView { name, .. } => Some((ObjectKind::View, name)),
+        _ => None,
+    }
 }
 
 fn options_of(kind: &str, name: &str, options: &[(String, String)]) -> Result<(String, Options)> {
@@ -138,23 +157,20 @@ impl Session {
     /// Keeps the catalog to persist (CREATE statements of live objects) in step with a
     /// statement that succeeded. Returns whether it changed.
     fn record_definition(&mut self, stmt: &ParsedStatement) -> bool {
-        let (kind, name) = match &stmt.statement {
-            Statement::CreateSource { name, .. } => (ObjectKind::Source, name),
-            Statement::CreateSink { name, .. } => (ObjectKind::Sink, name),
-            Statement::CreateView {
-                name,
-                materialized: true,
-                ..
-            } => (ObjectKind::MaterializedView, name),
-            Statement::CreateView { name, .. } => (ObjectKind::View, name),
-            Statement::Drop { kind, name, .. } => {
-                let before = self.definitions.len();
-                self.definitions
-                    .retain(|(k, n, _)| !(k == kind && n == name));
-                return self.definitions.len() != before;
-            }
-            _ => return false,
+        if let Statement::Drop { kind, name, .. } = &stmt.statement {
+            let before = self.definitions.len() + self.held.len();
+            self.definitions
+                .retain(|(k, n, _)| !(k == kind && n == name));
+            self.held.retain(|(k, n, _)| !(k == kind && n == name));
+            return self.definitions.len() + self.held.len() != before;
+        }
+        let Some((kind, name)) = created(stmt) else {
+            return false;
         };
+        // A new definition replaces one held back at restore.
+        let held = self.held.len();
+        self.held.retain(|(k, n, _)| !(*k == kind && n == name));
+        let replaced_held = self.held.len() != held;
         if let Some(existing) = self
             .definitions
             .iter_mut()
@@ -171,7 +187,7 @@ impl Session {
                 existing.2 = stmt.sql.clone();
                 return true;
             }
-            return false;
+            return replaced_held;
         }
         self.definitions
             .push((kind, name.clone(), stmt.sql.clone()));
@@ -185,6 +201,7 @@ impl Session {
         let script: Vec<String> = self
             .definitions
             .iter()
+            .chain(&self.held)
             .map(|(_, _, sql)| format!("{};\n", sql.trim_end_matches(';')))
             .collect();
         store.save(&script.join("\n")).await
@@ -192,8 +209,10 @@ impl Session {
 
     /// Keeps the catalog in `store` from now on, after restoring what it holds: every stored
     /// statement is run again, so sources, views, sinks and materialized views (and their
-    /// pipelines) come back. Returns how many statements were restored; a statement that no
-    /// longer runs is logged and dropped from the catalog.
+    /// pipelines) come back. Returns how many statements were restored. A statement that
+    /// fails (a database down at start, an option this version refuses) is logged and kept
+    /// in the catalog, to be tried again at the next start, until a CREATE or a `DROP ...
+    /// IF EXISTS` of its name replaces it: a restart never loses a definition.
     ///
     /// # Errors
     /// When the stored catalog cannot be read or parsed.
@@ -227,7 +246,10 @@ impl Session {
             match self.execute(stmt).await {
                 Ok(_) => restored += 1,
                 Err(e) => {
-                    tracing::warn!(statement = %stmt.sql, error = %e, "cannot restore a catalog statement; dropping it")
+                    tracing::error!(statement = %stmt.sql, error = %e, "cannot restore a catalog statement; it stays in the catalog for the next start (DROP ... IF EXISTS removes it)");
+                    if let Some((kind, name)) = created(stmt) {
+                        self.held.push((kind, name.clone(), stmt.sql.clone()));
+                    }
                 }
             }
         }
