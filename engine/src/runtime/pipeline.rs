@@ -343,11 +343,7 @@ impl Pipeline {
                         .count();
                     let ctx = SourceContext {
                         name: source.clone(),
-                        reader: if readings > 1 {
-                            format!("{name}-{source}-{t}")
-                        } else {
-                            format!("{name}-{source}")
-                        },
+                        reader: reader_id(name, source, (readings > 1).then_some(t)),
                         batch_size: binding.decl.batch_size,
                         linger: binding.decl.linger,
                         metrics: Arc::clone(&connector_metrics),
@@ -534,8 +530,62 @@ impl Pipeline {
     }
 }
 
+/// The [`SourceContext::reader`] of source `source` in pipeline `pipeline` (read by task
+/// `task` when the pipeline reads it more than once): `<pipeline>-<source>[-<task>]` when
+/// both names are plain (ASCII letters, digits, `_`), so that service-side names such as a
+/// JetStream consumer stay readable. Otherwise each name has its other characters replaced
+/// by `_` and a hash of the exact names is added, so that two different pairs never meet
+/// (`a`/`b-c` and `a-b`/`c` would both read `a-b-c`) and the id stays a valid name.
+fn reader_id(pipeline: &str, source: &str, task: Option<usize>) -> String {
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut id = format!("{}-{}", clean(pipeline), clean(source));
+    if !(plain(pipeline) && plain(source)) {
+        let exact = format!("{pipeline}\0{source}");
+        id.push_str(&format!(
+            "-{:016x}",
+            twox_hash::XxHash64::oneshot(0, exact.as_bytes())
+        ));
+    }
+    if let Some(t) = task {
+        id.push_str(&format!("-{t}"));
+    }
+    id
+}
+
 fn need(
     schema: Option<datafusion::arrow::datatypes::SchemaRef>,
 ) -> Result<datafusion::arrow::datatypes::SchemaRef> {
     schema.ok_or_else(|| Error::Internal("operator without an input".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reader_id;
+
+    #[test]
+    fn reader_ids_are_readable_distinct_and_valid_names() {
+        assert_eq!(reader_id("hot", "readings", None), "hot-readings");
+        assert_eq!(reader_id("hot", "readings", Some(3)), "hot-readings-3");
+        // Names that would meet once joined by '-' stay apart.
+        assert_ne!(reader_id("a", "b-c", None), reader_id("a-b", "c", None));
+        // What a JetStream consumer name may not hold is gone.
+        let odd = reader_id("sch.view", "my source*>", None);
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{odd}"
+        );
+        assert_eq!(odd, reader_id("sch.view", "my source*>", None), "stable");
+    }
 }
