@@ -56,10 +56,16 @@ impl Broker {
     }
 
     fn spawn(config: &std::path::Path, port: u16) -> Child {
+        // Its log, beside its config, says why if it does not start.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_file_name("mosquitto.log"))
+            .unwrap();
         let child = Command::new("mosquitto")
             .args(["-c", config.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("mosquitto cannot start: {e}"));
         wait_for_port(port, "mosquitto");
@@ -199,14 +205,17 @@ async fn a_broker_gone_is_counted_and_the_source_comes_back_with_it() {
     let port = broker.port;
     let dir = tempfile::tempdir().unwrap();
     let (grpc, http) = (free_port(), free_port());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop, so that a failed assert leaves no server running.
+    let _server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for_port(http, "sluice serve");
     let url = format!("mqtt://{USER}:p%40ss%3Aword@127.0.0.1:{port}");
     let ddl = format!(
@@ -255,6 +264,14 @@ async fn a_broker_gone_is_counted_and_the_source_comes_back_with_it() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(metric("sluice_pipeline_running"), Some(1.0));
-    let _ = server.kill();
-    let _ = server.wait();
+}
+
+/// A child process killed when the test lets go of it, however the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

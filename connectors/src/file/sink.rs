@@ -320,7 +320,7 @@ mod tests {
         let config = FileSinkConfig::try_new(opts(&[
             ("path", out.to_str().unwrap()),
             ("format", "json"),
-            ("rollover_seconds", "0.2"),
+            ("rollover_seconds", "2"),
         ]))
         .unwrap();
         let mut sink = config

@@ -32,7 +32,8 @@ use crate::sink::{Precommit, Sink, SinkContext};
 const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// Files open at once, at most: each holds its rows in memory until it is finished, so a
-/// `partition_by` with many values finishes the file open longest before opening another.
+/// `partition_by` with many values finishes the file written least recently before
+/// opening another.
 const MAX_OPEN_FILES: usize = 256;
 
 /// Bytes the open files may hold together before the largest is finished early.
@@ -55,6 +56,8 @@ pub(super) struct ParquetSink {
     file_schema: SchemaRef,
     /// Open files by partition folder (relative to `root`; empty without partitions).
     open: BTreeMap<String, OpenFile>,
+    /// Files finished before their rollover to bound open files and memory.
+    closed_early: u64,
     parts: PartFiles,
     metrics: Arc<ConnectorMetrics>,
 }
@@ -65,6 +68,17 @@ struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
     rows: u64,
     opened: Instant,
+    /// When rows last went in: the file written least recently is finished first when too
+    /// many are open.
+    written: Instant,
+}
+
+impl OpenFile {
+    /// What the file holds in memory: the bytes encoded so far (the file is built in a
+    /// `Vec`) and the row group being built, before encoding.
+    fn memory(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.memory_size()) as u64
+    }
 }
 
 /// Escapes a partition column name or value for a folder name, as Hive does for the
@@ -154,6 +168,7 @@ impl ParquetSink {
             data_cols,
             file_schema,
             open: BTreeMap::new(),
+            closed_early: 0,
             parts: PartFiles::new(Arc::clone(&config.location.store), ctx.two_phase, &ctx.name),
             metrics: ctx.metrics,
         })
@@ -249,13 +264,13 @@ impl ParquetSink {
                 None
             } else {
                 if self.open.len() >= MAX_OPEN_FILES
-                    && let Some(oldest) = self
+                    && let Some(idle) = self
                         .open
                         .iter()
-                        .min_by_key(|(_, f)| f.opened)
+                        .min_by_key(|(_, f)| f.written)
                         .map(|(k, _)| k.clone())
                 {
-                    self.close(&oldest).await?;
+                    self.close_early(&idle, "too many partitions open").await?;
                 }
                 Some(self.folder(&key)?)
             };
@@ -270,6 +285,7 @@ impl ParquetSink {
                     )?,
                     rows: 0,
                     opened: Instant::now(),
+                    written: Instant::now(),
                 }),
             };
             let room = usize::try_from(self.rollover_rows.saturating_sub(file.rows))
@@ -277,6 +293,7 @@ impl ParquetSink {
                 .max(1);
             let take = room.min(total - offset);
             file.writer.write(&data.slice(offset, take))?;
+            file.written = Instant::now();
             file.rows += take as u64;
             offset += take;
             let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
@@ -289,24 +306,39 @@ impl ParquetSink {
     }
 
     /// Finishes the largest open files while together they hold more than
-    /// [`MAX_BUFFERED_BYTES`].
+    /// [`MAX_BUFFERED_BYTES`] in memory.
     async fn bound_memory(&mut self) -> Result<()> {
-        let size = |f: &OpenFile| (f.writer.bytes_written() + f.writer.in_progress_size()) as u64;
         loop {
-            let total: u64 = self.open.values().map(size).sum();
+            let total: u64 = self.open.values().map(OpenFile::memory).sum();
             if total <= MAX_BUFFERED_BYTES {
                 return Ok(());
             }
             let Some(largest) = self
                 .open
                 .iter()
-                .max_by_key(|(_, f)| size(f))
+                .max_by_key(|(_, f)| f.memory())
                 .map(|(k, _)| k.clone())
             else {
                 return Ok(());
             };
-            self.close(&largest).await?;
+            self.close_early(&largest, "open files hold too much memory")
+                .await?;
         }
+    }
+
+    /// Finishes a file before its rollover, saying so now and then: it makes more, smaller
+    /// files than the options ask for.
+    async fn close_early(&mut self, key: &str, why: &str) -> Result<()> {
+        self.closed_early += 1;
+        if self.closed_early == 1 || self.closed_early.is_multiple_of(1000) {
+            tracing::warn!(
+                partition = key,
+                why,
+                closed_early = self.closed_early,
+                "parquet sink finished a file before its rollover"
+            );
+        }
+        self.close(key).await
     }
 
     /// Closes every file open longer than `rollover_seconds`.
