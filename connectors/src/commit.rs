@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 /// The suffix of staged part files.
 const STAGED_SUFFIX: &str = ".pending";
 
-/// A sink's name as it appears in file names: no '-', which separates the parts.
-fn tag(sink: &str) -> String {
+/// A name as it appears in file (and other service-side) names: every character but ASCII
+/// letters, digits and `_` becomes `_`, so no '-', which separates the parts.
+pub fn tag(sink: &str) -> String {
     sink.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {

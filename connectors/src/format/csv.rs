@@ -215,10 +215,12 @@ impl CsvDecoder {
             let start = reader.position().byte() as usize;
             let result = reader.read_record(&mut record);
             let end = reader.position().byte() as usize;
-            if let Framing::Messages { ends } = framing
-                && !matches!(result, Ok(false))
-            {
-                let (_, raw) = locate(data, start, end, &mut cursor);
+            if matches!(result, Ok(false)) {
+                break;
+            }
+            // Located once: its line in a file, or its message's index in a buffer.
+            let (mut line, raw) = locate(data, start, end, &mut cursor);
+            if let Framing::Messages { ends } = framing {
                 while ends.get(message).is_some_and(|e| *e < raw.start) {
                     message += 1;
                 }
@@ -242,16 +244,10 @@ impl CsvDecoder {
                     message += 1;
                     continue;
                 }
+                line = message as u64;
             }
-            let at = match framing {
-                Framing::Lines { .. } => None,
-                Framing::Messages { .. } => Some(message as u64),
-            };
             match result {
-                Ok(false) => break,
-                Ok(true) => {
-                    let (line, raw) = locate(data, start, end, &mut cursor);
-                    let line = at.unwrap_or(line);
+                Ok(_) => {
                     if self.header_pending {
                         self.header_pending = false;
                         self.use_header(&record, source);
@@ -276,8 +272,6 @@ impl CsvDecoder {
                 }
                 Err(e) => match e.kind() {
                     CsvErrorKind::Utf8 { err, .. } => {
-                        let (line, raw) = locate(data, start, end, &mut cursor);
-                        let line = at.unwrap_or(line);
                         if self.header_pending {
                             self.header_pending = false;
                             continue;

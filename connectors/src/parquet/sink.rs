@@ -300,7 +300,6 @@ impl ParquetSink {
             if file.rows >= self.rollover_rows || size >= self.rollover_bytes {
                 self.close(&key).await?;
             }
-            self.bound_memory().await?;
         }
         Ok(())
     }
@@ -386,7 +385,8 @@ impl Sink for ParquetSink {
         for (key, data) in self.split(&batch)? {
             self.write_partition(key, data).await?;
         }
-        Ok(())
+        // Once per batch, not per partition: it looks at every open file.
+        self.bound_memory().await
     }
 
     async fn finish(&mut self) -> Result<()> {

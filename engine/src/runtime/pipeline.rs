@@ -537,20 +537,13 @@ impl Pipeline {
 /// by `_` and a hash of the exact names is added, so that two different pairs never meet
 /// (`a`/`b-c` and `a-b`/`c` would both read `a-b-c`) and the id stays a valid name.
 fn reader_id(pipeline: &str, source: &str, task: Option<usize>) -> String {
-    let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    let mut id = format!("{}-{}", clean(pipeline), clean(source));
-    if !(plain(pipeline) && plain(source)) {
+    let (p, s) = (
+        sluice_connectors::commit::tag(pipeline),
+        sluice_connectors::commit::tag(source),
+    );
+    let plain = p == pipeline && s == source;
+    let mut id = format!("{p}-{s}");
+    if !plain {
         let exact = format!("{pipeline}\0{source}");
         id.push_str(&format!(
             "-{:016x}",
