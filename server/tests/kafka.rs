@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{avro_long, free_port, http_get, read_avro_long, sample, wait_for_port};
+use common::{Served, avro_long, free_port, http_get, read_avro_long, sample, wait_for_port};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -753,31 +753,13 @@ async fn a_served_kafka_pipeline_reports_its_records_bytes_and_lag() {
     broker.create_topic("bids", 2).await;
     produce(&broker, "bids", 0..4_000, 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(http, "sluice serve");
+    let server = Served::start(&dir.path().join("data"));
+    let http = server.http;
     let ddl = format!(
         "{} CREATE MATERIALIZED VIEW per_auction AS {QUERY};",
         source(&broker, "bids", "")
     );
-    let out = sluice(
-        &["sql", "--server", &format!("127.0.0.1:{grpc}"), "-c", &ddl],
-        &[],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.sql(&ddl);
     // Everything produced is read, and librdkafka's statistics then put the lag at zero.
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -800,6 +782,4 @@ async fn a_served_kafka_pipeline_reports_its_records_bytes_and_lag() {
         sample(&metrics, "sluice_pipeline_running", "per_auction"),
         Some(1.0)
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{free_port, http_get, sample, wait_for_port};
+use common::{Served, free_port, http_get, sample, wait_for_port};
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -204,34 +204,15 @@ async fn a_broker_gone_is_counted_and_the_source_comes_back_with_it() {
     let mut broker = Broker::start();
     let port = broker.port;
     let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
-    // Killed on drop, so that a failed assert leaves no server running.
-    let _server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(http, "sluice serve");
+    let server = Served::start(&dir.path().join("data"));
+    let http = server.http;
     let url = format!("mqtt://{USER}:p%40ss%3Aword@127.0.0.1:{port}");
     let ddl = format!(
         "CREATE SOURCE readings (id BIGINT)
              WITH (connector = 'mqtt', url = '{url}', topic = 'in/+', format = 'json', linger = '20ms');
          CREATE MATERIALIZED VIEW seen AS SELECT id FROM readings;"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["sql", "--server", &format!("127.0.0.1:{grpc}"), "-c", &ddl])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.sql(&ddl);
     let metric = |name: &str| sample(&http_get(http, "/metrics"), name, "seen");
     // Publish until the source's subscription is up and rows come in.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -264,14 +245,4 @@ async fn a_broker_gone_is_counted_and_the_source_comes_back_with_it() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(metric("sluice_pipeline_running"), Some(1.0));
-}
-
-/// A child process killed when the test lets go of it, however the test ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -83,3 +83,55 @@ pub fn sample(metrics: &str, metric: &str, pipeline: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A `sluice serve` on free loopback ports, with its data dir `data`; killed when dropped,
+/// so that a failed assert leaves no server running.
+pub struct Served {
+    child: std::process::Child,
+    /// Its gRPC port.
+    pub grpc: u16,
+    /// Its HTTP port (`/metrics`).
+    pub http: u16,
+}
+
+impl Served {
+    pub fn start(data: &std::path::Path) -> Self {
+        let (grpc, http) = (free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
+            .arg(data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(http, "sluice serve");
+        Self { child, grpc, http }
+    }
+
+    /// Runs `sql` through `sluice sql -c`, failing the test if it fails.
+    pub fn sql(&self, sql: &str) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "sql",
+                "--server",
+                &format!("127.0.0.1:{}", self.grpc),
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
