@@ -33,7 +33,7 @@ pub use bad_records::{BadRecords, OnError};
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::ConnectorMetrics;
 pub use options::Options;
-pub use sink::{Precommit, Sink, SinkConfig, SinkContext, UpdateKey};
+pub use sink::{Committed, Precommit, RunCheckpoints, Sink, SinkConfig, SinkContext, UpdateKey};
 pub use source::{Source, SourceConfig, SourceContext, Split};
 
 /// The source connectors this build knows.

@@ -57,6 +57,33 @@ pub struct Precommit {
     pub pending: Option<serde_json::Value>,
     /// State to restore the sink with (rows of an engine-owned view).
     pub state: Vec<RecordBatch>,
+    /// The staged output belongs to this checkpoint alone: if the checkpoint cannot be
+    /// stored, the pipeline fails (and restarts from the last complete one) instead of
+    /// carrying the output over to the next checkpoint. A Kafka transaction is pinned: its
+    /// commit marker names the checkpoint.
+    pub pinned: bool,
+}
+
+/// What [`SinkConfig::commit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The staged output is visible: committed now, or already before.
+    Visible,
+    /// The staged output can no longer be made visible: a Kafka transaction whose producer
+    /// died with the process before the commit, which a new producer can only abort. Only
+    /// recovery sees this; it then resumes from the checkpoint before, so that the rows
+    /// are written again.
+    Lost,
+}
+
+/// The checkpoints of a sink's run, when checkpoints are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCheckpoints {
+    /// The checkpoint the run resumed from, if any.
+    pub restored: Option<u64>,
+    /// The id of the first checkpoint the run takes. Ids only grow: every checkpoint of
+    /// an earlier run, complete or not, has a smaller one.
+    pub next: u64,
 }
 
 /// What a running sink gets from the engine.
@@ -66,13 +93,20 @@ pub struct SinkContext {
     pub name: String,
     /// Counters the engine reports.
     pub metrics: Arc<ConnectorMetrics>,
-    /// Whether checkpoints commit the output: files are staged until
+    /// When checkpoints are on, they commit the output: files are staged until
     /// [`SinkConfig::commit`] instead of becoming visible as soon as they are complete.
-    pub two_phase: bool,
+    pub checkpoints: Option<RunCheckpoints>,
     /// For an updating query (a `GROUP BY` without a window), what identifies a row: its
     /// group keys. A sink that upserts must key on exactly these. `None` for an append-only
     /// query.
     pub update_key: Option<UpdateKey>,
+}
+
+impl SinkContext {
+    /// Whether checkpoints commit the output (two-phase commit).
+    pub fn two_phase(&self) -> bool {
+        self.checkpoints.is_some()
+    }
 }
 
 /// What identifies a row of an updating query's output.
@@ -100,12 +134,13 @@ pub trait SinkConfig: Send + Sync + Debug {
 
     /// Second phase of a checkpoint's two-phase commit: makes the output a
     /// [`Sink::pre_commit`] staged for `checkpoint` visible. Idempotent: recovery calls it
-    /// again for the last complete checkpoint, whose commit may or may not have happened.
+    /// again for the last complete checkpoint, whose commit may or may not have happened,
+    /// and learns from [`Committed::Lost`] that it must resume from an earlier one.
     ///
     /// # Errors
     /// When the destination fails, or staged output is missing.
-    async fn commit(&self, _checkpoint: u64, _pending: &serde_json::Value) -> Result<()> {
-        Ok(())
+    async fn commit(&self, _checkpoint: u64, _pending: &serde_json::Value) -> Result<Committed> {
+        Ok(Committed::Visible)
     }
 
     /// Called before sink `sink`'s pipeline starts from checkpoint `restored` (or from

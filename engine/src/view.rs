@@ -122,8 +122,8 @@ impl Sink for ViewSink {
         _checkpoint: u64,
     ) -> sluice_connectors::Result<sluice_connectors::Precommit> {
         Ok(sluice_connectors::Precommit {
-            pending: None,
             state: self.store.snapshot(),
+            ..sluice_connectors::Precommit::default()
         })
     }
 }

@@ -102,7 +102,7 @@ mod tests {
                 schema,
                 SinkContext {
                     metrics: Arc::clone(&metrics),
-                    two_phase: false,
+                    checkpoints: None,
                     name: "test".into(),
                     update_key: None,
                 },

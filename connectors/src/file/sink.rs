@@ -20,7 +20,7 @@ use crate::commit::{self, PartFiles};
 use crate::error::{Error, Result};
 use crate::metrics::ConnectorMetrics;
 use crate::options::Options;
-use crate::sink::{Precommit, Sink, SinkConfig, SinkContext};
+use crate::sink::{Committed, Precommit, Sink, SinkConfig, SinkContext};
 use crate::store::{self, Location};
 
 /// Rows per part file unless `rollover_rows` says otherwise.
@@ -114,16 +114,17 @@ impl SinkConfig for FileSinkConfig {
     async fn open(&self, _schema: SchemaRef, ctx: SinkContext) -> Result<Box<dyn Sink>> {
         Ok(Box::new(FileSink {
             config: self.clone(),
+            parts: PartFiles::new(Arc::clone(&self.location.store), ctx.two_phase(), &ctx.name),
             metrics: ctx.metrics,
             buf: Vec::new(),
             rows: 0,
             opened: None,
-            parts: PartFiles::new(Arc::clone(&self.location.store), ctx.two_phase, &ctx.name),
         }))
     }
 
-    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<()> {
-        commit::commit(&self.location.store, pending).await
+    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<Committed> {
+        commit::commit(&self.location.store, pending).await?;
+        Ok(Committed::Visible)
     }
 
     async fn recover(&self, sink: &str, restored: Option<u64>) -> Result<()> {
@@ -217,7 +218,7 @@ impl Sink for FileSink {
         self.flush_part().await?;
         Ok(Precommit {
             pending: self.parts.pre_commit(checkpoint),
-            state: Vec::new(),
+            ..Precommit::default()
         })
     }
 
@@ -287,7 +288,7 @@ mod tests {
                 batch(&[]).schema(),
                 SinkContext {
                     metrics: Arc::clone(&metrics),
-                    two_phase: false,
+                    checkpoints: None,
                     name: "test".into(),
                     update_key: None,
                 },

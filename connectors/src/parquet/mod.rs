@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::error::{Error, Result};
 use crate::file::sink::output_location;
 use crate::options::Options;
-use crate::sink::{Sink, SinkConfig, SinkContext};
+use crate::sink::{Committed, Sink, SinkConfig, SinkContext};
 use crate::store::Location;
 
 /// The connector's name in messages.
@@ -103,8 +103,9 @@ impl SinkConfig for ParquetSinkConfig {
         Ok(Box::new(sink::ParquetSink::try_new(self, &schema, ctx)?))
     }
 
-    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<()> {
-        crate::commit::commit(&self.location.store, pending).await
+    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<Committed> {
+        crate::commit::commit(&self.location.store, pending).await?;
+        Ok(Committed::Visible)
     }
 
     async fn recover(&self, sink: &str, restored: Option<u64>) -> Result<()> {

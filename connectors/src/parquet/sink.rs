@@ -169,7 +169,11 @@ impl ParquetSink {
             file_schema,
             open: BTreeMap::new(),
             closed_early: 0,
-            parts: PartFiles::new(Arc::clone(&config.location.store), ctx.two_phase, &ctx.name),
+            parts: PartFiles::new(
+                Arc::clone(&config.location.store),
+                ctx.two_phase(),
+                &ctx.name,
+            ),
             metrics: ctx.metrics,
         })
     }
@@ -402,7 +406,7 @@ impl Sink for ParquetSink {
         self.finish().await?;
         Ok(Precommit {
             pending: self.parts.pre_commit(checkpoint),
-            state: Vec::new(),
+            ..Precommit::default()
         })
     }
 
@@ -490,7 +494,7 @@ mod tests {
                 schema(),
                 SinkContext {
                     metrics: Arc::clone(&metrics),
-                    two_phase: false,
+                    checkpoints: None,
                     name: "test".into(),
                     update_key: None,
                 },

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use sluice_connectors::{Precommit, SinkConfig};
+use sluice_connectors::{Committed, Precommit, SinkConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -184,6 +184,7 @@ impl Coordinator {
         abort_before: Option<u64>,
     ) -> Result<()> {
         let precommit = c.sink.take().unwrap_or_default();
+        let pinned = precommit.pinned;
         c.sources.sort_by_key(|s| s.task);
         let mut states = Vec::new();
         for (task, ops) in c.chains {
@@ -214,9 +215,10 @@ impl Coordinator {
         manifest.duration_ms = u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let written = match self.store.write(manifest, states).await {
             Ok(m) => m,
-            Err(e) if !c.last && self.failures_in_a_row + 1 < MAX_FAILURES_IN_A_ROW => {
+            Err(e) if !c.last && !pinned && self.failures_in_a_row + 1 < MAX_FAILURES_IN_A_ROW => {
                 // The pipeline goes on; the staged output waits for the next checkpoint,
-                // which covers it together with its own.
+                // which covers it together with its own. (Output pinned to its checkpoint
+                // fails the pipeline instead, which resumes from the last complete one.)
                 self.failures_in_a_row += 1;
                 self.metrics.failed.fetch_add(1, Ordering::Relaxed);
                 self.carried = pending;
@@ -231,7 +233,11 @@ impl Coordinator {
         }
         if let Some(sink) = &self.sink {
             for p in &written.sink_pending {
-                sink.commit(id, p).await?;
+                if sink.commit(id, p).await? == Committed::Lost {
+                    return Err(crate::Error::Internal(format!(
+                        "the sink output staged for checkpoint {id} was lost before its commit; the pipeline must resume from an earlier checkpoint"
+                    )));
+                }
             }
         }
         self.failures_in_a_row = 0;

@@ -4,10 +4,12 @@
 //!
 //! The [`coordinator`] runs beside each pipeline: it asks the source tasks for a barrier
 //! every interval, gathers what every task acknowledges (positions, state, staged sink
-//! output), writes the checkpoint through the [`store`] and then commits the sink.
+//! output), writes the checkpoint through the [`store`] and then commits the sink. At a
+//! restart, [`recovery`] commits what the checkpoint resumed from staged.
 
 pub mod coordinator;
 pub mod manifest;
+pub(crate) mod recovery;
 pub mod store;
 
 use std::sync::Arc;

@@ -198,7 +198,22 @@ impl CheckpointStore {
     /// When the store cannot be listed or read: a store outage is not taken for damage,
     /// since falling back to an older checkpoint removes the sink output of newer ones.
     pub async fn load_latest(&self) -> Result<Option<Restored>> {
-        for id in self.ids().await?.into_iter().rev() {
+        self.load_latest_before(u64::MAX).await
+    }
+
+    /// Like [`CheckpointStore::load_latest`], among the checkpoints older than `before`:
+    /// where recovery resumes when the newest one's sink output was lost.
+    ///
+    /// # Errors
+    /// When the store cannot be listed or read.
+    pub async fn load_latest_before(&self, before: u64) -> Result<Option<Restored>> {
+        for id in self
+            .ids()
+            .await?
+            .into_iter()
+            .rev()
+            .filter(|&id| id < before)
+        {
             match self.load(id).await {
                 Ok(r) => return Ok(Some(r)),
                 Err(e @ Error::Connector(_)) => return Err(e),

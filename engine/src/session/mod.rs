@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::sql::sqlparser::ast::Query;
-use sluice_connectors::{ConnectorMetrics, Options, SinkContext, UpdateKey};
+use sluice_connectors::{ConnectorMetrics, Options, RunCheckpoints, SinkContext, UpdateKey};
 use sluice_planner::catalog::{MaterializedViewEntry, SinkEntry, SourceEntry, ViewEntry};
 use sluice_planner::{
     Catalog, ObjectKind, ParsedStatement, Planner, SinkInput, Statement, StreamPlan,
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog_store::CatalogStore;
 use crate::checkpoint::CheckpointConfig;
+use crate::checkpoint::recovery::commit_restored;
 use crate::error::{Error, Result};
 use crate::runtime::Checkpointing;
 use crate::runtime::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
@@ -332,7 +333,10 @@ impl Session {
                     let ctx = SinkContext {
                         name: name.clone(),
                         metrics: Arc::clone(&sink_metrics),
-                        two_phase: recovery.is_some(),
+                        checkpoints: recovery.as_ref().map(|c| RunCheckpoints {
+                            restored: c.restored.as_ref().map(|r| r.manifest.id),
+                            next: c.next_id,
+                        }),
                         update_key: plan.is_updating().then(|| {
                             plan.update_key()
                                 .map_or(UpdateKey::NotInOutput, UpdateKey::Columns)
@@ -516,14 +520,10 @@ impl Session {
         };
         let store = config.store_for(name);
         let started = std::time::Instant::now();
-        let restored = store.load_latest().await?;
+        let mut restored = store.load_latest().await?;
         let next_id = store.ids().await?.last().copied().unwrap_or(0) + 1;
         if let Some(sink) = sink {
-            if let Some(r) = &restored {
-                for pending in &r.manifest.sink_pending {
-                    sink.commit(r.manifest.id, pending).await?;
-                }
-            }
+            restored = commit_restored(&store, name, sink.as_ref(), restored).await?;
             sink.recover(name, restored.as_ref().map(|r| r.manifest.id))
                 .await?;
         }
