@@ -4,12 +4,14 @@
 //!
 //! Options: `bootstrap_servers`, `topic`, `group_id`, `start` = `earliest` | `latest`,
 //! `bounded` = `latest`, `format` (json, csv, raw, avro; with `avro_schema`,
-//! `schema_registry` and `schema_subject`), `key` (sink), and any librdkafka setting as
-//! `properties.<name>` (`properties.security.protocol = 'SSL'`).
+//! `schema_registry` and `schema_subject`), `key` (sink), `delivery_guarantee` =
+//! `at_least_once` | `exactly_once` and `transactional_id_prefix` (sink), and any
+//! librdkafka setting as `properties.<name>` (`properties.security.protocol = 'SSL'`).
 
 mod partition_queue;
 mod sink;
 mod source;
+mod transaction;
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use rdkafka::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::format::message::MessageFormat;
 use crate::options::Options;
-use crate::sink::{Sink, SinkConfig, SinkContext};
+use crate::sink::{Committed, Sink, SinkConfig, SinkContext};
 use crate::source::{Source, SourceConfig, SourceContext};
 
 const CONNECTOR: &str = "kafka";
@@ -183,12 +185,28 @@ impl SourceConfig for KafkaSourceConfig {
     }
 }
 
+/// What the `kafka` sink promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Every checkpoint waits for the broker to acknowledge what was sent before it; a
+    /// restart may send some rows again.
+    AtLeastOnce,
+    /// One Kafka transaction per checkpoint, committed when the checkpoint is stored:
+    /// `read_committed` consumers see every row once.
+    ExactlyOnce,
+}
+
 /// A validated `kafka` sink.
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
     connection: Connection,
     format: MessageFormat,
     key: Vec<String>,
+    delivery: Delivery,
+    /// Transactional ids are `<prefix>-<checkpoint>`; `sluice-<sink name>` if not given.
+    transactional_id_prefix: Option<String>,
+    /// The transactions staged by the running sink, which [`SinkConfig::commit`] commits.
+    staged: transaction::Staged,
 }
 
 impl KafkaSinkConfig {
@@ -203,17 +221,51 @@ impl KafkaSinkConfig {
             ("metadata.broker.list", "use the option 'bootstrap_servers'"),
             (
                 "transactional.id",
-                "the kafka sink is at-least-once and does not use transactions yet",
+                "use delivery_guarantee = 'exactly_once', with 'transactional_id_prefix' if the default (sluice-<sink name>) does not suit",
             ),
         ])?;
         let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
         let key = options.take_list("key");
+        let delivery = match options
+            .take_choice("delivery_guarantee", &["at_least_once", "exactly_once"])?
+            .as_deref()
+        {
+            Some("exactly_once") => Delivery::ExactlyOnce,
+            _ => Delivery::AtLeastOnce,
+        };
+        let transactional_id_prefix = options.take_string("transactional_id_prefix");
+        if transactional_id_prefix.is_some() && delivery != Delivery::ExactlyOnce {
+            return Err(Error::option(
+                CONNECTOR,
+                "option 'transactional_id_prefix' needs delivery_guarantee = 'exactly_once'",
+            ));
+        }
+        if transactional_id_prefix.as_deref() == Some("") {
+            return Err(Error::option(
+                CONNECTOR,
+                "option 'transactional_id_prefix' must not be empty",
+            ));
+        }
         options.finish()?;
         Ok(Self {
             connection,
             format,
             key,
+            delivery,
+            transactional_id_prefix,
+            staged: transaction::Staged::default(),
         })
+    }
+
+    /// The producer settings both the running sink and the commit use. `acks=all` and
+    /// idempotence come with transactions; the transaction timeout outlasts a checkpoint
+    /// interval and the broker's own cap (15 minutes) unless a property lowers it.
+    fn producer_config(&self) -> ClientConfig {
+        let mut tunables = vec![("linger.ms", "5"), ("message.timeout.ms", "300000")];
+        if self.delivery == Delivery::ExactlyOnce {
+            tunables.push(("transaction.timeout.ms", "600000"));
+        }
+        self.connection.client_config(&tunables)
     }
 }
 
@@ -223,6 +275,17 @@ impl SinkConfig for KafkaSinkConfig {
         Ok(Box::new(
             sink::KafkaSink::try_new(self, &schema, ctx).await?,
         ))
+    }
+
+    async fn commit(&self, _checkpoint: u64, pending: &serde_json::Value) -> Result<Committed> {
+        let marker_config = self.connection.client_config(&[]);
+        transaction::commit(
+            &self.staged,
+            &self.producer_config(),
+            &marker_config,
+            pending,
+        )
+        .await
     }
 }
 

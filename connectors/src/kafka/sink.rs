@@ -1,8 +1,9 @@
 //! The running `kafka` sink: one message per row, keyed by the `key` columns if given,
 //! sent without waiting and confirmed in bulk. Every checkpoint (and the end) waits until
 //! the broker acknowledged every message sent before it, so nothing a checkpoint covers is
-//! lost: at-least-once. (Exactly-once through Kafka transactions needs a broker that
-//! supports them; the local test broker, tansu, does not answer EndTxn.)
+//! lost: at-least-once. With `delivery_guarantee = 'exactly_once'` the messages of each
+//! checkpoint also form one Kafka transaction, committed when the checkpoint is stored
+//! (see [`super::transaction`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::{CONNECTOR, KafkaSinkConfig, kafka_error};
+use super::transaction::Transactions;
+use super::{CONNECTOR, Delivery, KafkaSinkConfig, kafka_error};
 use crate::error::{Error, Result};
 use crate::format::message::{MessageEncoder, encode_keys};
 use crate::metrics::ConnectorMetrics;
@@ -30,14 +32,17 @@ pub(super) struct KafkaSink {
     key_columns: Vec<usize>,
     in_flight: Vec<DeliveryFuture>,
     metrics: Arc<ConnectorMetrics>,
+    /// With exactly-once delivery: the open transaction and those staged for commit.
+    transactions: Option<Transactions>,
 }
 
 impl KafkaSink {
     /// A sink for batches of `schema`.
     ///
     /// # Errors
-    /// When a `key` column is not in `schema`, the producer cannot be created, or the
-    /// columns cannot be written in the format.
+    /// When a `key` column is not in `schema`, the producer cannot be created, the
+    /// columns cannot be written in the format, or exactly-once delivery is asked for
+    /// without checkpoints or from a broker without transactions.
     pub(super) async fn try_new(
         config: &KafkaSinkConfig,
         schema: &SchemaRef,
@@ -59,19 +64,43 @@ impl KafkaSink {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
-        let producer: FutureProducer = config
-            .connection
-            .client_config(&[("linger.ms", "5"), ("message.timeout.ms", "300000")])
-            .create()
-            .map_err(kafka_error)?;
+        let topic = config.connection.topic.clone();
+        let (producer, transactions) = match config.delivery {
+            Delivery::AtLeastOnce => (
+                config.producer_config().create().map_err(kafka_error)?,
+                None,
+            ),
+            Delivery::ExactlyOnce => {
+                let run = ctx.checkpoints.ok_or_else(|| {
+                    Error::option(
+                        CONNECTOR,
+                        "delivery_guarantee = 'exactly_once' commits a transaction with each checkpoint, and checkpoints are off",
+                    )
+                })?;
+                let prefix = config
+                    .transactional_id_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("sluice-{}", ctx.name));
+                let (t, producer) = Transactions::start(
+                    config.producer_config(),
+                    &config.connection.client_config(&[]),
+                    prefix,
+                    topic.clone(),
+                    config.staged.clone(),
+                    run,
+                )
+                .await?;
+                (producer, Some(t))
+            }
+        };
         Ok(Self {
             producer,
-            topic: config.connection.topic.clone(),
-            encoder: MessageEncoder::try_new(&config.format, schema, &config.connection.topic)
-                .await?,
+            encoder: MessageEncoder::try_new(&config.format, schema, &topic).await?,
+            topic,
             key_columns,
             in_flight: Vec::new(),
             metrics: ctx.metrics,
+            transactions,
         })
     }
 
@@ -132,6 +161,9 @@ impl Sink for KafkaSink {
 
     async fn finish(&mut self) -> Result<()> {
         self.confirm().await?;
+        if let Some(t) = &self.transactions {
+            return t.abort_open(&self.producer).await;
+        }
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
@@ -139,8 +171,16 @@ impl Sink for KafkaSink {
             .map_err(kafka_error)
     }
 
-    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Precommit> {
+    async fn pre_commit(&mut self, checkpoint: u64) -> Result<Precommit> {
         self.confirm().await?;
-        Ok(Precommit::default())
+        let Some(t) = &mut self.transactions else {
+            return Ok(Precommit::default());
+        };
+        let pending = t.stage(&mut self.producer, checkpoint).await?;
+        Ok(Precommit {
+            pending: Some(pending),
+            pinned: true,
+            ..Precommit::default()
+        })
     }
 }

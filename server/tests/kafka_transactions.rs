@@ -1,0 +1,280 @@
+//! The `kafka` sink's exactly-once delivery against a real Kafka-protocol broker with
+//! transactions: noida-db (PyPI, installed by scripts/test into the test virtualenv and
+//! started here on a free loopback port), whose Kafka side answers InitProducerId,
+//! AddPartitionsToTxn, TxnOffsetCommit and EndTxn, fences old producers and hides aborted
+//! records from `read_committed` consumers. tansu, the broker of the other Kafka tests, has
+//! no EndTxn. Nothing is mocked; a test whose broker cannot be started fails and says why.
+
+// Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::{free_port, wait_for_port};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A noida-db broker (Kafka only) on a free port; killed when dropped.
+struct Broker {
+    child: Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let bin = std::env::var_os("SLUICE_NOIDA").map(PathBuf::from);
+        let bin = bin.expect("SLUICE_NOIDA is not set: run scripts/test, which installs noida-db");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test",
+            bin.display()
+        );
+        let port = free_port();
+        let data = tempfile::tempdir().unwrap();
+        let child = Command::new(bin)
+            .args([
+                "start",
+                "--only",
+                "kafka",
+                "--kafka-port",
+                &port.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start noida-db");
+        wait_for_port(port, "noida-db");
+        Self {
+            child,
+            port,
+            _data: data,
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("broker.address.family", "v4")
+            .create()
+            .unwrap();
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for r in admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+
+    /// Every message of `topic`'s `partitions` a consumer with `isolation` reads, as the
+    /// `n` of each JSON row.
+    fn read_all(&self, topic: &str, partitions: i32, isolation: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("broker.address.family", "v4")
+            .set("group.id", format!("check-{isolation}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let (mut got, mut ended) = (Vec::new(), 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ended < partitions {
+            assert!(Instant::now() < deadline, "reading {topic} timed out");
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                Some(Ok(m)) => {
+                    let row: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    got.push(row["n"].as_i64().unwrap());
+                }
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sluice(dir: &Path, script: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("run")
+        .arg(script)
+        .arg("--quiet")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--checkpoint-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn job(dir: &Path, broker: &Broker, rows: u64, extra: &str) -> PathBuf {
+    let script = dir.join("job.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE SOURCE nums (n BIGINT) WITH (connector = 'generator', rows = {rows}, rows_per_second = 10000);
+CREATE SINK evens WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'evens', format = 'json', key = 'n'{extra})
+AS SELECT n, n * 10 AS tens FROM nums WHERE n % 2 = 0;",
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    script
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// How many times each value occurs.
+fn counts(values: &[i64]) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for v in values {
+        *counts.entry(*v).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_kafka_sink_killed_and_restarted_delivers_every_row_exactly_once() {
+    let broker = Broker::start();
+    broker.create_topic("evens", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 30_000;
+    let script = job(
+        dir.path(),
+        &broker,
+        rows,
+        ", delivery_guarantee = 'exactly_once'",
+    );
+
+    // The worst moment first: checkpoint 3 is stored, and the process dies before it
+    // commits its transaction, which no other producer can commit.
+    let out = sluice(
+        dir.path(),
+        &script,
+        &[("SLUICE_TEST_ABORT_BEFORE_COMMIT", "3")],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "the process should have aborted");
+    // Then SIGKILLs wherever they land.
+    let mut kills = 0;
+    for wait_ms in [900u64, 700, 1100] {
+        let mut child = sluice(dir.path(), &script, &[]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let out = sluice(dir.path(), &script, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        kills >= 2,
+        "only {kills} kills: the pipeline finished too fast to test"
+    );
+
+    let committed = broker.read_all("evens", 2, "read_committed");
+    let got = counts(&committed);
+    let missing: Vec<i64> = (0..rows as i64)
+        .filter(|n| n % 2 == 0 && !got.contains_key(n))
+        .collect();
+    let twice: Vec<i64> = got
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    let strays: Vec<i64> = got
+        .keys()
+        .copied()
+        .filter(|n| n % 2 != 0 || *n < 0 || *n >= rows as i64)
+        .collect();
+    assert!(
+        missing.is_empty() && twice.is_empty() && strays.is_empty(),
+        "after the abort and {kills} kills: {} rows missing (first {:?}), {} more than once (first {:?}), {} not expected (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        twice.len(),
+        &twice[..twice.len().min(5)],
+        strays.len(),
+        &strays[..strays.len().min(5)]
+    );
+    // The runs that died did send rows that a restart sent again: only the transactions
+    // keep them from the output.
+    let everything = broker.read_all("evens", 2, "read_uncommitted");
+    assert!(
+        everything.len() > committed.len(),
+        "no row was sent twice, so nothing was tested: {} sent, {} committed",
+        everything.len(),
+        committed.len()
+    );
+}
+
+#[tokio::test]
+async fn exactly_once_without_checkpoints_is_refused() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = job(
+        dir.path(),
+        &broker,
+        10,
+        ", delivery_guarantee = 'exactly_once'",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&script)
+        .arg("--quiet")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--checkpoint-interval", "0s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("checkpoints are off"),
+        "{}",
+        stderr(&out)
+    );
+}
