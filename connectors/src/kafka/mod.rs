@@ -258,14 +258,16 @@ impl KafkaSinkConfig {
     }
 
     /// The producer settings both the running sink and the commit use. `acks=all` and
-    /// idempotence come with transactions; the transaction timeout outlasts a checkpoint
-    /// interval and the broker's own cap (15 minutes) unless a property lowers it.
+    /// idempotence come with transactions. The transaction timeout, 10 minutes, must
+    /// outlast a checkpoint interval and stay within the broker's cap
+    /// (`transaction.max.timeout.ms`, 15 minutes by default); librdkafka lowers the message
+    /// timeout to it.
     fn producer_config(&self) -> ClientConfig {
-        let mut tunables = vec![("linger.ms", "5"), ("message.timeout.ms", "300000")];
-        if self.delivery == Delivery::ExactlyOnce {
-            tunables.push(("transaction.timeout.ms", "600000"));
-        }
-        self.connection.client_config(&tunables)
+        let tunables: &[(&str, &str)] = match self.delivery {
+            Delivery::AtLeastOnce => &[("linger.ms", "5"), ("message.timeout.ms", "300000")],
+            Delivery::ExactlyOnce => &[("linger.ms", "5"), ("transaction.timeout.ms", "600000")],
+        };
+        self.connection.client_config(tunables)
     }
 }
 

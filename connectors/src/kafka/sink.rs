@@ -161,7 +161,7 @@ impl Sink for KafkaSink {
 
     async fn finish(&mut self) -> Result<()> {
         self.confirm().await?;
-        if let Some(t) = &self.transactions {
+        if let Some(t) = &mut self.transactions {
             return t.abort_open(&self.producer).await;
         }
         let producer = self.producer.clone();
@@ -182,5 +182,30 @@ impl Sink for KafkaSink {
             pinned: true,
             ..Precommit::default()
         })
+    }
+}
+
+impl Drop for KafkaSink {
+    /// A sink dropped with its transaction open (its pipeline failed) aborts it, so that
+    /// `read_committed` consumers are not held back until the broker times it out. Best
+    /// effort, on a thread of its own: the call waits for the broker.
+    fn drop(&mut self) {
+        if self
+            .transactions
+            .as_ref()
+            .is_some_and(Transactions::is_open)
+        {
+            let producer = self.producer.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kafka-abort".into())
+                .spawn(move || {
+                    if let Err(e) = producer.abort_transaction(Duration::from_secs(10)) {
+                        tracing::debug!(connector = CONNECTOR, error = %e, "cannot abort the open transaction");
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::debug!(connector = CONNECTOR, error = %e, "cannot abort the open transaction");
+            }
+        }
     }
 }

@@ -4,8 +4,8 @@
 //! The transaction holding the rows before barrier `n` has the transactional id
 //! `<prefix>-<n>`. At the barrier the sink waits for the broker to acknowledge its
 //! messages, adds the commit marker to the transaction (offset `n` of consumer group
-//! `<prefix>` on partition 0 of the topic, which becomes visible with the rows and only
-//! with them) and hands the producer, its transaction still open, to [`Staged`]; a new
+//! `<prefix>-commit-marker` on partition 0 of the topic, with the transactional id as its
+//! metadata, which becomes visible with the rows and only with them) and hands the producer, its transaction still open, to [`Staged`]; a new
 //! producer opens `<prefix>-<n+1>`. Once checkpoint `n` is stored, [`commit`] commits the
 //! staged transaction.
 //!
@@ -13,8 +13,10 @@
 //! checkpoint is stored and before its commit leaves a transaction no one can commit.
 //! Recovery therefore first fences its transactional id, which makes the broker finish it
 //! (a commit under way completes, an open transaction is aborted), then reads the marker:
-//! if it says `n`, the rows are visible; if not, they are lost ([`Committed::Lost`]) and the
-//! pipeline resumes from the checkpoint before, which writes them again. A new run also
+//! if it says `n`, the rows are visible; if it names an earlier transaction, they are lost
+//! ([`Committed::Lost`]) and the pipeline resumes from the checkpoint before, which writes
+//! them again. (A marker the broker expired, after a week without the sink, is taken as
+//! committed.) A new run also
 //! fences the ids a dead run may have left open, so that `read_committed` consumers are not
 //! held back until those transactions time out.
 
@@ -94,14 +96,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// earlier producer of that id left is finished first (completed if its commit was under
 /// way, aborted otherwise), and that producer is fenced off.
 async fn init(config: &ClientConfig, transactional_id: &str) -> Result<FutureProducer> {
-    let producer: FutureProducer = config
-        .clone()
-        .set("transactional.id", transactional_id)
-        .create()
-        .map_err(kafka_error)?;
-    let p = producer.clone();
-    blocking(move || p.init_transactions(TIMEOUT).map_err(kafka_error)).await?;
-    Ok(producer)
+    let mut config = config.clone();
+    config.set("transactional.id", transactional_id);
+    blocking(move || {
+        let producer: FutureProducer = config.create().map_err(kafka_error)?;
+        producer.init_transactions(TIMEOUT).map_err(kafka_error)?;
+        Ok(producer)
+    })
+    .await
+}
+
+/// Finishes whatever transaction a producer of `transactional_id` left, and fences that
+/// producer off: registering the id does it; the new producer is not needed after.
+async fn fence(config: &ClientConfig, transactional_id: &str) -> Result<()> {
+    let producer = init(config, transactional_id).await?;
+    // Dropping a producer waits for its threads: off the async threads too.
+    blocking(move || {
+        drop(producer);
+        Ok(())
+    })
+    .await
 }
 
 /// The transactional side of a running `kafka` sink.
@@ -116,6 +130,8 @@ pub(super) struct Transactions {
     marker: Arc<BaseConsumer>,
     /// The barrier the open transaction ends at: its id's number.
     open: u64,
+    /// Whether the sink ended, aborting its last, empty transaction.
+    ended: bool,
 }
 
 impl Transactions {
@@ -137,11 +153,10 @@ impl Transactions {
         let first = run.restored.map_or(1, |r| r + 1);
         for n in first.max((run.next + 1).saturating_sub(MAX_FENCED))..=run.next + 1 {
             if n != run.next {
-                // Registering the id is the fencing; the producer is not needed after.
-                drop(init(&config, &transactional_id(&prefix, n)).await?);
+                fence(&config, &transactional_id(&prefix, n)).await?;
             }
         }
-        let marker = marker_consumer(marker_config, &prefix)?;
+        let marker = marker_consumer(marker_config, &marker_group(&prefix))?;
         let producer = init(&config, &transactional_id(&prefix, run.next)).await?;
         producer.begin_transaction().map_err(kafka_error)?;
         Ok((
@@ -152,6 +167,7 @@ impl Transactions {
                 staged,
                 marker: Arc::new(marker),
                 open: run.next,
+                ended: false,
             },
             producer,
         ))
@@ -175,6 +191,11 @@ impl Transactions {
         offsets
             .add_partition_offset(&self.topic, 0, Offset::Offset(offset))
             .map_err(kafka_error)?;
+        // The metadata names the transaction, so that an offset some other client
+        // committed for the group is never taken for this marker.
+        if let Some(mut marker) = offsets.find_partition(&self.topic, 0) {
+            marker.set_metadata(id.as_str());
+        }
         let (p, marker) = (producer.clone(), Arc::clone(&self.marker));
         blocking(move || {
             let group = marker.group_metadata().ok_or_else(|| {
@@ -195,7 +216,7 @@ impl Transactions {
         self.open = checkpoint + 1;
         serde_json::to_value(Pending {
             transactional_id: id,
-            group: self.prefix.clone(),
+            group: marker_group(&self.prefix),
             topic: self.topic.clone(),
             checkpoint,
         })
@@ -208,9 +229,16 @@ impl Transactions {
     ///
     /// # Errors
     /// When the broker fails.
-    pub(super) async fn abort_open(&self, producer: &FutureProducer) -> Result<()> {
+    pub(super) async fn abort_open(&mut self, producer: &FutureProducer) -> Result<()> {
         let p = producer.clone();
-        blocking(move || p.abort_transaction(TIMEOUT).map_err(kafka_error)).await
+        blocking(move || p.abort_transaction(TIMEOUT).map_err(kafka_error)).await?;
+        self.ended = true;
+        Ok(())
+    }
+
+    /// Whether a transaction is open: the sink has not ended.
+    pub(super) fn is_open(&self) -> bool {
+        !self.ended
     }
 }
 
@@ -232,27 +260,47 @@ pub(super) async fn commit(
     if let Some(producer) = staged.take(&pending.transactional_id) {
         return blocking(move || commit_with_retries(&producer)).await;
     }
-    // Registering the id finishes the dead producer's transaction; this one is not used.
-    drop(init(config, &pending.transactional_id).await?);
+    fence(config, &pending.transactional_id).await?;
     let marker = marker_consumer(marker_config, &pending.group)?;
-    let committed = blocking(move || {
+    let (topic, checkpoint) = (pending.topic.clone(), pending.checkpoint);
+    let read = blocking(move || {
         let mut partitions = TopicPartitionList::new();
-        partitions.add_partition(&pending.topic, 0);
+        partitions.add_partition(&topic, 0);
         let offsets = marker
             .committed_offsets(partitions, TIMEOUT)
             .map_err(kafka_error)?;
         let marked = offsets
-            .find_partition(&pending.topic, 0)
-            .map(|e| e.offset());
-        let wanted = i64::try_from(pending.checkpoint).ok().map(Offset::Offset);
-        Ok(marked.is_some() && marked == wanted)
+            .find_partition(&topic, 0)
+            .map(|e| (e.offset(), e.metadata().to_string()));
+        drop(marker);
+        Ok(marked)
     })
     .await?;
-    Ok(if committed {
-        Committed::Visible
-    } else {
-        Committed::Lost
+    let wanted = i64::try_from(checkpoint).ok().map(Offset::Offset);
+    Ok(match read {
+        Some((offset, id)) if Some(offset) == wanted && id == pending.transactional_id => {
+            Committed::Visible
+        }
+        // The broker expires the offsets of a group nobody is in after
+        // `offsets.retention.minutes` (7 days by default): a sink stopped that long has no
+        // marker left, and its last transaction most likely committed.
+        Some((Offset::Invalid, _)) | None => {
+            tracing::warn!(
+                connector = CONNECTOR,
+                group = %pending.group,
+                transaction = %pending.transactional_id,
+                "the commit marker is gone (expired with the group's offsets?): the transaction of checkpoint {checkpoint} is taken as committed"
+            );
+            Committed::Visible
+        }
+        Some(_) => Committed::Lost,
     })
+}
+
+/// The consumer group whose offset on partition 0 of the topic marks the last committed
+/// transaction. Distinct from the sources' default groups (`sluice-<topic>`).
+fn marker_group(prefix: &str) -> String {
+    format!("{prefix}-commit-marker")
 }
 
 /// A consumer of the marker `group` that never joins it: for the group metadata a
@@ -262,6 +310,10 @@ fn marker_consumer(config: &ClientConfig, group: &str) -> Result<BaseConsumer> {
         .clone()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        // Read the committed marker only: a later transaction's marker, still pending in
+        // a transaction a dead run left open, would otherwise hold the read back until
+        // the broker times that transaction out.
+        .set("isolation.level", "read_uncommitted")
         .create()
         .map_err(kafka_error)
 }

@@ -21,6 +21,7 @@ pub(crate) async fn commit_restored(
     sink: &dyn SinkConfig,
     mut restored: Option<Restored>,
 ) -> Result<Option<Restored>> {
+    let mut fell_back = None;
     while let Some(r) = &restored {
         let id = r.manifest.id;
         let mut lost = false;
@@ -33,11 +34,19 @@ pub(crate) async fn commit_restored(
         if !lost {
             break;
         }
+        // A checkpoint is stored only after the one before it was committed: the output
+        // of the checkpoint recovery fell back to cannot be lost too.
+        if let Some(newest) = fell_back {
+            return Err(Error::Checkpoint(format!(
+                "pipeline '{name}': the sink reports the output of checkpoint {id} lost, though checkpoint {newest} was stored after its commit; the sink's commit record is inconsistent"
+            )));
+        }
+        fell_back = Some(id);
         let before = store.load_latest_before(id).await?;
         // Checkpoint ids start at 1: before the first one, no output was ever committed.
         if before.is_none() && id > 1 {
             return Err(Error::Checkpoint(format!(
-                "pipeline '{name}': the sink output of checkpoint {id} was lost before its commit, and no earlier checkpoint is kept to resume from and write it again; keep at least two checkpoints (--checkpoint-retention)"
+                "pipeline '{name}': the sink output of checkpoint {id} was lost before its commit, and no earlier checkpoint is left to resume from and write it again (a checkpoint is deleted only after a newer one is committed: were checkpoints removed by hand?)"
             )));
         }
         tracing::warn!(
@@ -150,6 +159,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn output_lost_twice_is_an_error_rather_than_a_rerun_from_further_back() {
+        let store = store_with(&[3, 4, 5]).await;
+        let sink = Staging {
+            lost: vec![4, 5],
+            asked: Mutex::default(),
+        };
+        let err = resume(&store, &sink).await.unwrap_err().to_string();
+        assert!(err.contains("inconsistent"), "{err}");
+    }
+
+    #[tokio::test]
     async fn lost_output_of_the_first_checkpoint_resumes_from_the_start() {
         let store = store_with(&[1]).await;
         let sink = Staging {
@@ -169,6 +189,6 @@ mod tests {
             asked: Mutex::default(),
         };
         let err = resume(&store, &sink).await.unwrap_err().to_string();
-        assert!(err.contains("keep at least two checkpoints"), "{err}");
+        assert!(err.contains("no earlier checkpoint is left"), "{err}");
     }
 }
