@@ -783,3 +783,81 @@ async fn a_served_kafka_pipeline_reports_its_records_bytes_and_lag() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn tombstones_are_passed_over_and_a_bounded_read_ends_after_one() {
+    let broker = Broker::start();
+    broker.create_topic("keyed", 1).await;
+    let producer = broker.producer();
+    // Tombstones (null values: a key deleted from a compacted topic) hold no row, and with
+    // on_error = 'fail' a tombstone taken for a bad record would fail the pipeline. The
+    // last message is one, so the bounded read must also move past it to end.
+    for (key, value) in [
+        ("a", Some(r#"{"id": 1}"#)),
+        ("a", None),
+        ("b", Some(r#"{"id": 2}"#)),
+        ("b", None),
+    ] {
+        let mut record = FutureRecord::<str, str>::to("keyed").key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let script = dir.path().join("job.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE SOURCE keyed (id BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{}', topic = 'keyed', bounded = 'latest', on_error = 'fail');
+CREATE SINK ids WITH (connector = 'file', path = '{}', format = 'json') AS SELECT id FROM keyed;",
+            broker.bootstrap(),
+            out_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = sluice(
+        &[
+            "run",
+            script.to_str().unwrap(),
+            "--quiet",
+            "--checkpoint-interval",
+            "0s",
+        ],
+        &[],
+    )
+    .current_dir(dir.path())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bounded read did not end after the tombstone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&out_dir).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            ids.push(row["id"].as_i64().unwrap());
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+}

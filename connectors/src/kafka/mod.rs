@@ -3,10 +3,11 @@
 //! client the field trusts.
 //!
 //! Options: `bootstrap_servers`, `topic`, `group_id`, `start` = `earliest` | `latest`,
-//! `bounded` = `latest`, `format` (json, csv, raw, avro; with `avro_schema`,
-//! `schema_registry` and `schema_subject`), `key` (sink), `delivery_guarantee` =
-//! `at_least_once` | `exactly_once` and `transactional_id_prefix` (sink), and any
-//! librdkafka setting as `properties.<name>` (`properties.security.protocol = 'SSL'`).
+//! `bounded` = `latest`, `isolation_level` = `read_uncommitted` | `read_committed`
+//! (source), `format` (json, csv, raw, avro; with `avro_schema`, `schema_registry` and
+//! `schema_subject`), `key`, `delivery_guarantee` = `at_least_once` | `exactly_once` and
+//! `transactional_id_prefix` (sink), and any librdkafka setting as `properties.<name>`
+//! (`properties.security.protocol = 'SSL'`).
 
 mod partition_queue;
 mod sink;
@@ -31,6 +32,26 @@ const CONNECTOR: &str = "kafka";
 enum Start {
     Earliest,
     Latest,
+}
+
+/// Which messages of transactional producers a source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// Every message, including those of aborted and still open transactions.
+    ReadUncommitted,
+    /// Only committed messages (and those of no transaction): what an exactly-once
+    /// producer's consumers should read. Reading stops at the first open transaction
+    /// until it ends.
+    ReadCommitted,
+}
+
+impl Isolation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "read_uncommitted",
+            Isolation::ReadCommitted => "read_committed",
+        }
+    }
 }
 
 /// The options both directions share.
@@ -107,6 +128,7 @@ pub struct KafkaSourceConfig {
     group_id: String,
     start: Start,
     bounded: bool,
+    isolation: Isolation,
     format: MessageFormat,
     schema: SchemaRef,
 }
@@ -135,10 +157,7 @@ impl KafkaSourceConfig {
                 "enable.partition.eof",
                 "the source finds a partition's end itself",
             ),
-            (
-                "isolation.level",
-                "the source reads up to the high watermark (read_uncommitted)",
-            ),
+            ("isolation.level", "use the option 'isolation_level'"),
         ])?;
         let group_id = options
             .take_string("group_id")
@@ -151,6 +170,13 @@ impl KafkaSourceConfig {
             _ => Start::Earliest,
         };
         let bounded = options.take_choice("bounded", &["latest"])?.is_some();
+        let isolation = match options
+            .take_choice("isolation_level", &["read_uncommitted", "read_committed"])?
+            .as_deref()
+        {
+            Some("read_committed") => Isolation::ReadCommitted,
+            _ => Isolation::ReadUncommitted,
+        };
         let format = MessageFormat::from_options(CONNECTOR, &mut options)?;
         let schema = format.schema(CONNECTOR, declared)?;
         // Build the decoder once now, so that a column the format cannot decode is a
@@ -162,6 +188,7 @@ impl KafkaSourceConfig {
             group_id,
             start,
             bounded,
+            isolation,
             format,
             schema,
         })

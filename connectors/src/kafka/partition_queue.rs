@@ -26,8 +26,15 @@ use crate::error::{Error, Result};
 
 /// What a drained queue held: a message, or an error the client reported in its place.
 pub(super) enum Fetched<'a> {
-    /// A message at `offset`.
-    Message { offset: i64, payload: &'a [u8] },
+    /// A message at `offset`; no payload for a tombstone (a null value).
+    Message {
+        offset: i64,
+        payload: Option<&'a [u8]>,
+    },
+    /// The client has read the partition up to `offset`, its end for now (with
+    /// `enable.partition.eof`). Offsets below it that no message had are the control
+    /// records of transactions, which the client never hands out.
+    End { offset: i64 },
     /// A consumption error (a broker gone away, say); the client retries by itself.
     Error(KafkaError),
 }
@@ -123,17 +130,23 @@ impl<C: ConsumerContext + 'static> PartitionQueue<C> {
             // SAFETY: librdkafka returned `n` valid messages, each live until destroyed in
             // `release`; the payload is `len` bytes (or null when empty).
             let m = unsafe { &*m };
+            if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                f(Fetched::End { offset: m.offset });
+                continue;
+            }
             if m.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                 f(Fetched::Error(KafkaError::MessageConsumption(
                     RDKafkaErrorCode::from(m.err),
                 )));
                 continue;
             }
-            let payload = if m.payload.is_null() || m.len == 0 {
-                &[][..]
+            let payload = if m.payload.is_null() {
+                None
+            } else if m.len == 0 {
+                Some(&[][..])
             } else {
                 // SAFETY: as above: `payload` points at `len` bytes owned by the message.
-                unsafe { std::slice::from_raw_parts(m.payload as *const u8, m.len) }
+                Some(unsafe { std::slice::from_raw_parts(m.payload as *const u8, m.len) })
             };
             f(Fetched::Message {
                 offset: m.offset,

@@ -96,26 +96,44 @@ type KafkaConsumer = BaseConsumer<LagContext>;
 #[derive(Debug, Default)]
 struct Pending {
     messages: MessageBuffer,
+    /// Offsets passed over since the last hand-out, with no row: tombstones (messages with
+    /// a null value, which delete a key of a compacted topic) and, in a bounded read, the
+    /// control records of transactions before the partition's end. The position moves
+    /// past them.
+    skipped: usize,
     last: i64,
-    /// When the first of `messages` arrived.
+    /// When the first of `messages` (or of the offsets skipped) arrived.
     oldest: Option<Instant>,
 }
 
 impl Pending {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.skipped == 0
+    }
+
     /// Buffers one message of a partition whose next offset to hand out is `next` and
-    /// whose bounded read ends before `end`.
-    fn accept(&mut self, offset: i64, payload: &[u8], next: i64, end: Option<i64>, binary: bool) {
-        let expected = if self.messages.is_empty() {
-            next
-        } else {
-            self.last + 1
-        };
+    /// whose bounded read ends before `end`. A tombstone (`None`) holds no row: it is
+    /// passed over, as Flink's and Arroyo's formats pass over a null value.
+    fn accept(
+        &mut self,
+        offset: i64,
+        payload: Option<&[u8]>,
+        next: i64,
+        end: Option<i64>,
+        binary: bool,
+    ) {
+        let expected = if self.is_empty() { next } else { self.last + 1 };
         // Below the position: already handed out (a re-delivery after a reconnect).
         // At or past the end of a bounded read: not part of it.
         if offset < expected || end.is_some_and(|e| offset >= e) {
             return;
         }
         self.last = offset;
+        self.oldest.get_or_insert_with(Instant::now);
+        let Some(payload) = payload else {
+            self.skipped += 1;
+            return;
+        };
         // Bad records are reported at their own offsets (offsets may have gaps).
         let id = u64::try_from(offset).unwrap_or(0);
         if binary {
@@ -123,7 +141,22 @@ impl Pending {
         } else {
             self.messages.push(payload, id);
         }
-        self.oldest.get_or_insert_with(Instant::now);
+    }
+}
+
+impl Pending {
+    /// The client read the partition up to `offset` (its end-of-partition event), in a
+    /// bounded read that ends before `end`: what lies between the last message and there
+    /// are control records (a transaction's commit or abort marker), never delivered, which
+    /// the position must move past for the read to reach its end.
+    fn reached(&mut self, offset: i64, next: i64, end: i64) {
+        let expected = if self.is_empty() { next } else { self.last + 1 };
+        let upto = offset.min(end);
+        if upto > expected {
+            self.last = upto - 1;
+            self.skipped += 1;
+            self.oldest.get_or_insert_with(Instant::now);
+        }
     }
 }
 
@@ -174,9 +207,14 @@ impl KafkaSource {
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            // A bounded read learns from the end-of-partition events where a partition's
+            // last offsets are transaction markers, which are never delivered.
+            .set(
+                "enable.partition.eof",
+                if config.bounded { "true" } else { "false" },
+            )
             .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_uncommitted")
+            .set("isolation.level", config.isolation.as_str())
             .create_with_context(LagContext {
                 topic: config.connection.topic.clone(),
                 metrics: Arc::clone(&ctx.metrics),
@@ -302,7 +340,7 @@ impl KafkaSource {
     fn exhausted(&self) -> bool {
         self.end.as_ref().is_some_and(|end| {
             self.next.iter().zip(end).all(|(n, e)| n >= e)
-                && self.pending.iter().all(|p| p.messages.is_empty())
+                && self.pending.iter().all(Pending::is_empty)
         })
     }
 
@@ -317,7 +355,7 @@ impl KafkaSource {
             self.pending
                 .iter()
                 .zip(end)
-                .position(|(p, e)| !p.messages.is_empty() && p.last + 1 >= *e)
+                .position(|(p, e)| !p.is_empty() && p.last + 1 >= *e)
         });
         // Each partition's messages wait at most `linger`, however busy the others are.
         let lingered = self
@@ -348,7 +386,7 @@ impl KafkaSource {
     }
 
     /// Buffers one message of `partition`.
-    fn accept(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+    fn accept(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
         let Some(i) = self.partitions.iter().position(|p| *p == partition) else {
             return;
         };
@@ -366,8 +404,10 @@ impl KafkaSource {
                 None => return None,
                 Some(Ok(msg)) => {
                     let (partition, offset) = (msg.partition(), msg.offset());
-                    self.accept(partition, offset, msg.payload().unwrap_or_default());
+                    self.accept(partition, offset, msg.payload());
                 }
+                // End-of-partition events belong to the partitions' own queues.
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => return Some(e),
             }
         }
@@ -389,6 +429,11 @@ impl KafkaSource {
             taken += queue.drain(room, |fetched| match fetched {
                 Fetched::Message { offset, payload } => {
                     pending.accept(offset, payload, next, end, binary)
+                }
+                Fetched::End { offset } => {
+                    if let Some(end) = end {
+                        pending.reached(offset, next, end);
+                    }
                 }
                 Fetched::Error(e) => {
                     error.get_or_insert(e);
@@ -498,7 +543,7 @@ impl Source for KafkaSource {
         let (Some(pending), Some(&next)) = (self.pending.get(index), self.next.get(index)) else {
             return false;
         };
-        if !pending.messages.is_empty() {
+        if !pending.is_empty() {
             return true;
         }
         match &self.end {
