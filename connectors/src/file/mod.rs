@@ -264,7 +264,23 @@ async fn parquet_builder(
     };
     ParquetRecordBatchStreamBuilder::new(file)
         .await
-        .map_err(|e| Error::Input(format!("cannot read '{name}' as parquet: {e}")))
+        .map_err(|e| {
+            parquet_error(e, |e| {
+                Error::Input(format!("cannot read '{name}' as parquet: {e}"))
+            })
+        })
+}
+
+/// A parquet error: the store's own failure (worth a retry) as a store error, anything
+/// else (the file's content) as `content` says.
+fn parquet_error(e: ParquetError, content: impl FnOnce(ParquetError) -> Error) -> Error {
+    match e {
+        ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
+            Ok(store) => Error::ObjectStore(*store),
+            Err(other) => content(ParquetError::External(other)),
+        },
+        e => content(e),
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{CONNECTOR, FileSourceConfig, SourceFormat, object_name, parquet_builder};
+use super::{
+    CONNECTOR, FileSourceConfig, SourceFormat, object_name, parquet_builder, parquet_error,
+};
 use crate::error::{Error, Result};
 use crate::format::{CsvDecoder, JsonDecoder, LineSplitter, RecordDecoder};
 use crate::schema_map::SchemaMap;
@@ -79,8 +81,11 @@ struct TextFile {
 
 /// A parquet file being read.
 struct ParquetFile {
+    name: String,
     stream: BoxStream<'static, ::parquet::errors::Result<RecordBatch>>,
     map: SchemaMap,
+    /// Rows read so far, for where a damaged file went wrong.
+    rows: u64,
 }
 
 impl FileSource {
@@ -139,23 +144,32 @@ impl FileSource {
             }
             SourceFormat::Json => Box::new(JsonDecoder::try_new(schema)?),
             SourceFormat::Parquet => {
-                let builder = parquet_builder(store, &meta, &name).await?;
+                // A file that is not parquet, or lacks a declared column, is one bad record.
+                let bad = |message: String| Error::BadRecord {
+                    location: name.clone(),
+                    message,
+                };
+                let builder = parquet_builder(store, &meta, &name)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Input(message) => bad(message),
+                        e => e,
+                    })?;
                 let file_schema = Arc::clone(builder.schema());
                 let mut indices = schema
                     .fields()
                     .iter()
                     .map(|f| {
-                        file_schema.index_of(f.name()).map_err(|_| {
-                            Error::Input(format!("'{name}' has no column '{}'", f.name()))
-                        })
+                        file_schema
+                            .index_of(f.name())
+                            .map_err(|_| bad(format!("the file has no column '{}'", f.name())))
                     })
                     .collect::<Result<Vec<usize>>>()?;
                 indices.sort_unstable();
                 indices.dedup();
                 let projected = Arc::new(file_schema.project(&indices)?);
-                let map = SchemaMap::try_new(CONNECTOR, &projected, Some(schema)).map_err(|e| {
-                    Error::Input(format!("'{name}' does not fit the source's columns: {e}"))
-                })?;
+                let map = SchemaMap::try_new(CONNECTOR, &projected, Some(schema))
+                    .map_err(|e| bad(format!("the file does not fit the source's columns: {e}")))?;
                 let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
                 let stream = builder
                     .with_projection(mask)
@@ -163,7 +177,12 @@ impl FileSource {
                     .build()?
                     .boxed();
                 ctx.metrics.bytes.fetch_add(meta.size, Ordering::Relaxed);
-                return Ok(OpenFile::Parquet(ParquetFile { stream, map }));
+                return Ok(OpenFile::Parquet(ParquetFile {
+                    name,
+                    stream,
+                    map,
+                    rows: 0,
+                }));
             }
         };
         let stream = super::blocks::blocks(store.get(&meta.location).await?);
@@ -244,9 +263,19 @@ impl TextFile {
 
 impl ParquetFile {
     /// The next non-empty batch of this file in the source's schema, or `None` at its end.
+    ///
+    /// # Errors
+    /// [`Error::BadRecord`] when the file is damaged (the rest of it is then skipped);
+    /// a store error when the store fails.
     async fn next(&mut self) -> Result<Option<RecordBatch>> {
         while let Some(batch) = self.stream.next().await {
-            let batch = batch?;
+            let batch = batch.map_err(|e| {
+                parquet_error(e, |e| Error::BadRecord {
+                    location: format!("{} after row {}", self.name, self.rows),
+                    message: format!("the rest of the file cannot be read: {e}"),
+                })
+            })?;
+            self.rows += batch.num_rows() as u64;
             if batch.num_rows() > 0 {
                 return Ok(Some(self.map.apply(&batch)?));
             }
@@ -262,7 +291,19 @@ impl Source for FileSource {
             if let Some(file) = self.current.as_mut() {
                 let next = match file {
                     OpenFile::Text(text) => text.next(&self.ctx).await?,
-                    OpenFile::Parquet(parquet) => parquet.next().await?,
+                    OpenFile::Parquet(parquet) => match parquet.next().await {
+                        // A damaged parquet file: the rows before the damage are out; the
+                        // rest of the file is one bad record.
+                        Err(Error::BadRecord { location, message }) => {
+                            self.ctx.bad_records.report(
+                                &location,
+                                &message,
+                                location.as_bytes(),
+                            )?;
+                            None
+                        }
+                        next => next?,
+                    },
                 };
                 match next {
                     Some(batch) => {
@@ -297,9 +338,22 @@ impl Source for FileSource {
             }
             if let Some(meta) = self.queue.pop_front() {
                 let name = meta.location.to_string();
-                self.current = Some(Self::start(&self.config, &self.ctx, meta).await?);
-                self.current_name = Some(name);
-                self.current_rows = 0;
+                match Self::start(&self.config, &self.ctx, meta).await {
+                    Ok(file) => {
+                        self.current = Some(file);
+                        self.current_name = Some(name);
+                        self.current_rows = 0;
+                    }
+                    // A parquet file that cannot be read as one, or lacks a column: one bad
+                    // record (its name goes to the dead-letter file), and the next file.
+                    Err(Error::BadRecord { location, message }) => {
+                        self.ctx
+                            .bad_records
+                            .report(&location, &message, location.as_bytes())?;
+                        self.done.insert(name);
+                    }
+                    Err(e) => return Err(e),
+                }
                 continue;
             }
             if !self.config.follow {
@@ -505,6 +559,62 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("'nope'"), "{err}");
+    }
+
+    /// Writes ids as a parquet file of columns `id` (Int64) and `name`.
+    fn write_parquet(path: &std::path::Path, ids: &[i64]) {
+        let batch = RecordBatch::try_new(
+            decl(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(datafusion::arrow::array::StringArray::from(
+                    ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut writer = ::parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            decl(),
+            None,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_parquet_file_is_a_bad_record_and_the_others_are_read() {
+        let dir = tempdir();
+        write_parquet(&dir.path().join("a.parquet"), &[1, 2]);
+        std::fs::write(dir.path().join("b.parquet"), b"not parquet at all").unwrap();
+        // A parquet file cut short: its footer is gone.
+        write_parquet(&dir.path().join("c.parquet"), &[3, 4]);
+        let c = std::fs::read(dir.path().join("c.parquet")).unwrap();
+        std::fs::write(dir.path().join("c.parquet"), &c[..c.len() / 2]).unwrap();
+        write_parquet(&dir.path().join("d.parquet"), &[5, 6]);
+        let glob = format!("{}/*.parquet", dir.path().to_str().unwrap());
+        let config = FileSourceConfig::try_new(opts(&[("path", glob.as_str())]), Some(decl()))
+            .await
+            .unwrap();
+        let ctx = ctx(8192);
+        let metrics = Arc::clone(&ctx.metrics);
+        assert_eq!(ids(&read_all(&config, ctx).await), vec![1, 2, 5, 6]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 2);
+
+        // With on_error = 'fail' the first damaged file stops the read, naming it.
+        let mut failing = super::tests::ctx(8192);
+        failing.bad_records =
+            Arc::new(BadRecords::new(OnError::Fail, Arc::clone(&failing.metrics)));
+        let mut source = config.open(failing).await.unwrap();
+        let err = loop {
+            match source.next_batch().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the damaged files were not reported"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(err.contains("b.parquet"), "{err}");
     }
 
     #[tokio::test]
