@@ -84,6 +84,8 @@ pub struct RunCheckpoints {
     /// The id of the first checkpoint the run takes. Ids only grow: every checkpoint of
     /// an earlier run, complete or not, has a smaller one.
     pub next: u64,
+    /// The time between checkpoints: how long staged output waits for its commit.
+    pub interval: std::time::Duration,
 }
 
 /// What a running sink gets from the engine.

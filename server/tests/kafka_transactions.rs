@@ -313,7 +313,7 @@ CREATE SINK copy WITH (connector = 'file', path = '{}', format = 'json') AS SELE
 }
 
 #[tokio::test]
-async fn exactly_once_without_checkpoints_is_refused() {
+async fn exactly_once_without_checkpoints_or_with_a_short_transaction_timeout_is_refused() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let script = job(
@@ -334,6 +334,29 @@ async fn exactly_once_without_checkpoints_is_refused() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("checkpoints are off"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A transaction timeout the broker would abort transactions with before their commit.
+    let script = job(
+        dir.path(),
+        &broker,
+        10,
+        ", delivery_guarantee = 'exactly_once', 'properties.transaction.timeout.ms' = '15000'",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&script)
+        .arg("--quiet")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--checkpoint-interval", "10s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("above twice the checkpoint interval (10000 ms)"),
         "{}",
         stderr(&out)
     );

@@ -292,11 +292,53 @@ impl KafkaSinkConfig {
     fn producer_config(&self) -> ClientConfig {
         let tunables: &[(&str, &str)] = match self.delivery {
             Delivery::AtLeastOnce => &[("linger.ms", "5"), ("message.timeout.ms", "300000")],
-            Delivery::ExactlyOnce => &[("linger.ms", "5"), ("transaction.timeout.ms", "600000")],
+            Delivery::ExactlyOnce => &[
+                ("linger.ms", "5"),
+                ("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT),
+            ],
         };
         self.connection.client_config(tunables)
     }
+
+    /// A transaction stays open for a checkpoint interval, then until the checkpoint is
+    /// stored and committed: with a transaction timeout shorter than twice the interval,
+    /// the broker would abort transactions before their commit.
+    ///
+    /// # Errors
+    /// An [`Error::Option`] saying so.
+    fn check_transaction_timeout(&self, interval: std::time::Duration) -> Result<()> {
+        let configured = self
+            .connection
+            .properties
+            .iter()
+            .find(|(k, _)| k == "transaction.timeout.ms")
+            .map(|(_, v)| v.as_str());
+        let ms = match configured {
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                Error::option(
+                    CONNECTOR,
+                    format!("properties.transaction.timeout.ms must be milliseconds, not '{v}'"),
+                )
+            })?,
+            None => DEFAULT_TRANSACTION_TIMEOUT_MS,
+        };
+        if u128::from(ms) < 2 * interval.as_millis() {
+            return Err(Error::option(
+                CONNECTOR,
+                format!(
+                    "delivery_guarantee = 'exactly_once' needs a transaction timeout above twice the checkpoint interval ({} ms), and transaction.timeout.ms is {ms}: checkpoint more often or raise properties.transaction.timeout.ms (within the broker's transaction.max.timeout.ms)",
+                    interval.as_millis()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The sink's transaction timeout unless `properties.transaction.timeout.ms` says otherwise:
+/// 10 minutes, within the broker's default cap of 15.
+const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 600_000;
+const DEFAULT_TRANSACTION_TIMEOUT: &str = "600000";
 
 #[async_trait::async_trait]
 impl SinkConfig for KafkaSinkConfig {

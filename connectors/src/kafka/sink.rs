@@ -77,6 +77,7 @@ impl KafkaSink {
                         "delivery_guarantee = 'exactly_once' commits a transaction with each checkpoint, and checkpoints are off",
                     )
                 })?;
+                config.check_transaction_timeout(run.interval)?;
                 let prefix = config
                     .transactional_id_prefix
                     .clone()

@@ -336,6 +336,7 @@ impl Session {
                         checkpoints: recovery.as_ref().map(|c| RunCheckpoints {
                             restored: c.restored.as_ref().map(|r| r.manifest.id),
                             next: c.next_id,
+                            interval: c.interval,
                         }),
                         update_key: plan.is_updating().then(|| {
                             plan.update_key()
