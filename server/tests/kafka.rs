@@ -7,7 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{Served, avro_long, free_port, http_get, read_avro_long, sample, wait_for_port};
+use common::{
+    Served, avro_long, exit_within_a_minute, free_port, http_get, read_avro_long, sample,
+    wait_for_port,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +24,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -85,19 +86,7 @@ impl Broker {
     }
 
     async fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("broker.address.family", "v4")
-            .create()
-            .unwrap();
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let results = admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .unwrap();
-        for r in results {
-            r.unwrap();
-        }
+        common::create_topic(&self.bootstrap(), topic, partitions).await;
     }
 
     /// A producer sending one message per record batch: tansu 0.6 answers ListOffsets
@@ -834,17 +823,7 @@ CREATE SINK ids WITH (connector = 'file', path = '{}', format = 'json') AS SELEC
     .current_dir(dir.path())
     .spawn()
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the bounded read did not end after the tombstone"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within_a_minute(&mut child, "the bounded read ending on a tombstone");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");

@@ -9,15 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{free_port, wait_for_port};
+use common::{exit_within_a_minute, free_port, wait_for_port};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -70,19 +68,7 @@ impl Broker {
     }
 
     async fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("broker.address.family", "v4")
-            .create()
-            .unwrap();
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        for r in admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .unwrap()
-        {
-            r.unwrap();
-        }
+        common::create_topic(&self.bootstrap(), topic, partitions).await;
     }
 
     /// Every message of `topic`'s `partitions` a consumer with `isolation` reads, as the
@@ -289,17 +275,10 @@ CREATE SINK copy WITH (connector = 'file', path = '{}', format = 'json') AS SELE
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the bounded {isolation} read of a transactional topic did not end");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within_a_minute(
+        &mut child,
+        &format!("the bounded {isolation} read of a transactional topic"),
+    );
     assert!(status.success(), "the {isolation} read failed");
     let mut got = Vec::new();
     for entry in std::fs::read_dir(&out).unwrap() {
@@ -312,6 +291,21 @@ CREATE SINK copy WITH (connector = 'file', path = '{}', format = 'json') AS SELE
     got
 }
 
+/// The error `sluice run` stops `script` with, checkpointing every `interval`.
+fn refusal(dir: &Path, script: &Path, interval: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(script)
+        .arg("--quiet")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--checkpoint-interval", interval])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{} ran", script.display());
+    stderr(&out)
+}
+
 #[tokio::test]
 async fn exactly_once_without_checkpoints_or_with_a_short_transaction_timeout_is_refused() {
     let broker = Broker::start();
@@ -322,21 +316,8 @@ async fn exactly_once_without_checkpoints_or_with_a_short_transaction_timeout_is
         10,
         ", delivery_guarantee = 'exactly_once'",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg(&script)
-        .arg("--quiet")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--checkpoint-interval", "0s"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("checkpoints are off"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refusal(dir.path(), &script, "0s");
+    assert!(err.contains("checkpoints are off"), "{err}");
 
     // A transaction timeout the broker would abort transactions with before their commit.
     let script = job(
@@ -345,19 +326,9 @@ async fn exactly_once_without_checkpoints_or_with_a_short_transaction_timeout_is
         10,
         ", delivery_guarantee = 'exactly_once', 'properties.transaction.timeout.ms' = '15000'",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg(&script)
-        .arg("--quiet")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--checkpoint-interval", "10s"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let err = refusal(dir.path(), &script, "10s");
     assert!(
-        stderr(&out).contains("above twice the checkpoint interval (10000 ms)"),
-        "{}",
-        stderr(&out)
+        err.contains("above twice the checkpoint interval (10000 ms)"),
+        "{err}"
     );
 }

@@ -79,6 +79,27 @@ pub struct Manifest {
     pub checksum: u64,
 }
 
+#[cfg(test)]
+impl Manifest {
+    /// Checkpoint `id` of pipeline "p", with nothing in it: for tests to fill in.
+    pub(crate) fn empty(id: u64) -> Self {
+        Self {
+            version: MANIFEST_VERSION,
+            id,
+            pipeline: "p".into(),
+            plan: "x".into(),
+            completed_unix_ms: 0,
+            duration_ms: 0,
+            last: false,
+            stopped: false,
+            sources: Vec::new(),
+            files: Vec::new(),
+            sink_pending: Vec::new(),
+            checksum: 0,
+        }
+    }
+}
+
 impl Manifest {
     /// Total bytes of its state files.
     pub fn state_bytes(&self) -> u64 {

@@ -72,7 +72,6 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::Manifest;
-    use crate::checkpoint::manifest::MANIFEST_VERSION;
 
     /// A sink whose staged output is `{"checkpoint": n}`, lost for the checkpoints in
     /// `lost` (as a Kafka transaction whose producer died is), visible otherwise.
@@ -112,18 +111,8 @@ mod tests {
         let store = CheckpointStore::new(fs, Path::from("checkpoints/p"));
         for &id in ids {
             let manifest = Manifest {
-                version: MANIFEST_VERSION,
-                id,
-                pipeline: "p".into(),
-                plan: "x".into(),
-                completed_unix_ms: 0,
-                duration_ms: 0,
-                last: false,
-                stopped: false,
-                sources: Vec::new(),
-                files: Vec::new(),
                 sink_pending: vec![serde_json::json!({ "checkpoint": id })],
-                checksum: 0,
+                ..Manifest::empty(id)
             };
             store.write(manifest, Vec::new()).await.unwrap();
         }

@@ -305,26 +305,12 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::manifest::MANIFEST_VERSION;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use object_store::local::LocalFileSystem;
 
     fn manifest(id: u64) -> Manifest {
-        Manifest {
-            version: MANIFEST_VERSION,
-            id,
-            pipeline: "p".into(),
-            plan: "x".into(),
-            completed_unix_ms: 0,
-            duration_ms: 0,
-            last: false,
-            stopped: false,
-            sources: Vec::new(),
-            files: Vec::new(),
-            sink_pending: Vec::new(),
-            checksum: 0,
-        }
+        Manifest::empty(id)
     }
 
     fn state(v: i64) -> Vec<(StateOwner, Vec<RecordBatch>)> {

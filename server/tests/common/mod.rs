@@ -75,6 +75,42 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Waits for `child` to exit, failing the test with `what` after 60 s.
+pub fn exit_within_a_minute(
+    child: &mut std::process::Child,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not end within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Creates `topic` with `partitions` on the Kafka-protocol broker at `bootstrap`.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
 /// The value of `metric{pipeline="name"}` in a Prometheus text reply.
 pub fn sample(metrics: &str, metric: &str, pipeline: &str) -> Option<f64> {
     let prefix = format!("{metric}{{pipeline=\"{pipeline}\"}} ");
