@@ -233,6 +233,24 @@ async fn a_broker_gone_is_counted_and_the_source_comes_back_with_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // DescribePipeline tells the same.
+    let mut client = sluice_proto::v1::sluice_service_client::SluiceServiceClient::connect(
+        format!("http://127.0.0.1:{}", server.grpc),
+    )
+    .await
+    .unwrap();
+    let described = client
+        .describe_pipeline(sluice_proto::v1::PipelineRequest {
+            name: "seen".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        described.connector_errors >= 2,
+        "DescribePipeline says {} connector errors",
+        described.connector_errors
+    );
     broker.restart();
     let before = metric("sluice_rows_in_total").unwrap_or(0.0);
     let deadline = Instant::now() + Duration::from_secs(30);
