@@ -250,6 +250,44 @@ async fn a_kafka_sink_killed_and_restarted_delivers_every_row_exactly_once() {
     }
 }
 
+#[tokio::test]
+async fn a_crash_before_the_first_commit_is_written_again() {
+    // No marker exists yet when the first transaction is lost: recovery must not take
+    // the missing marker for one the broker expired.
+    let broker = Broker::start();
+    broker.create_topic("evens", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 6_000;
+    let script = job(
+        dir.path(),
+        &broker,
+        rows,
+        ", delivery_guarantee = 'exactly_once'",
+    );
+    let out = sluice(
+        dir.path(),
+        &script,
+        &[("SLUICE_TEST_ABORT_BEFORE_COMMIT", "1")],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "the process should have aborted");
+    let out = sluice(dir.path(), &script, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected: BTreeMap<i64, usize> = (0..rows as i64)
+        .filter(|n| n % 2 == 0)
+        .map(|n| (n, 1))
+        .collect();
+    let got = counts(&broker.read_all("evens", 2, "read_committed"));
+    assert!(
+        got == expected,
+        "{} distinct rows of {}, {} sent",
+        got.len(),
+        expected.len(),
+        got.values().sum::<usize>()
+    );
+}
+
 /// The `n` of every row a bounded `kafka` source with `isolation` reads from `evens`.
 fn read_back(dir: &Path, broker: &Broker, isolation: &str) -> Vec<i64> {
     let out = dir.join(format!("copy-{isolation}"));

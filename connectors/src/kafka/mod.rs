@@ -322,7 +322,7 @@ impl KafkaSinkConfig {
             })?,
             None => DEFAULT_TRANSACTION_TIMEOUT_MS,
         };
-        if u128::from(ms) < 2 * interval.as_millis() {
+        if u128::from(ms) <= 2 * interval.as_millis() {
             return Err(Error::option(
                 CONNECTOR,
                 format!(

@@ -16,7 +16,7 @@
 //! if it says `n`, the rows are visible; if it names an earlier transaction, they are lost
 //! ([`Committed::Lost`]) and the pipeline resumes from the checkpoint before, which writes
 //! them again. (A marker the broker expired, after a week without the sink, is taken as
-//! committed.) A new run also
+//! committed, unless no marker was ever committed before that transaction's.) A new run also
 //! fences the ids a dead run may have left open, so that `read_committed` consumers are not
 //! held back until those transactions time out.
 
@@ -78,6 +78,11 @@ struct Pending {
     topic: String,
     /// The barrier the transaction ends at, which is the marker's offset.
     checkpoint: u64,
+    /// Whether a marker was committed before this transaction's: the run resumed from a
+    /// checkpoint, or staged a transaction before. If not, no marker may exist yet, and
+    /// a missing or foreign one means this transaction never committed.
+    #[serde(default)]
+    marked_before: bool,
 }
 
 /// The transactional id of the transaction ending at barrier `n`.
@@ -132,6 +137,8 @@ pub(super) struct Transactions {
     open: u64,
     /// Whether the sink ended, aborting its last, empty transaction.
     ended: bool,
+    /// Whether a marker was committed before the open transaction's (see [`Pending`]).
+    marked_before: bool,
 }
 
 impl Transactions {
@@ -168,6 +175,7 @@ impl Transactions {
                 marker: Arc::new(marker),
                 open: run.next,
                 ended: false,
+                marked_before: run.restored.is_some(),
             },
             producer,
         ))
@@ -214,13 +222,18 @@ impl Transactions {
         let staged = std::mem::replace(producer, next);
         self.staged.insert(id.clone(), staged);
         self.open = checkpoint + 1;
-        serde_json::to_value(Pending {
+        let pending = Pending {
             transactional_id: id,
             group: marker_group(&self.prefix),
             topic: self.topic.clone(),
             checkpoint,
-        })
-        .map_err(|e| Error::Internal(format!("cannot encode a kafka transaction: {e}")))
+            marked_before: self.marked_before,
+        };
+        // This transaction commits before the next one is stored: the next can count on a
+        // marker.
+        self.marked_before = true;
+        serde_json::to_value(pending)
+            .map_err(|e| Error::Internal(format!("cannot encode a kafka transaction: {e}")))
     }
 
     /// At the end: aborts the open transaction. It holds no rows when the pipeline ended
@@ -276,24 +289,26 @@ pub(super) async fn commit(
         Ok(marked)
     })
     .await?;
-    let wanted = i64::try_from(checkpoint).ok().map(Offset::Offset);
+    let wanted = i64::try_from(checkpoint).unwrap_or(i64::MAX);
+    let id = &pending.transactional_id;
     Ok(match read {
-        Some((offset, id)) if Some(offset) == wanted && id == pending.transactional_id => {
-            Committed::Visible
-        }
+        Some((Offset::Offset(o), marker)) if o == wanted && marker == *id => Committed::Visible,
+        // Transactions commit in checkpoint order: a later one's marker means this one
+        // committed too (recovery skipped a damaged newer checkpoint).
+        Some((Offset::Offset(o), _)) if o > wanted && pending.marked_before => Committed::Visible,
         // The broker expires the offsets of a group nobody is in after
         // `offsets.retention.minutes` (7 days by default): a sink stopped that long has no
-        // marker left, and its last transaction most likely committed.
-        Some((Offset::Invalid, _)) | None => {
+        // marker left, though one was committed; its last transaction most likely was too.
+        Some((Offset::Invalid, _)) | None if pending.marked_before => {
             tracing::warn!(
                 connector = CONNECTOR,
                 group = %pending.group,
-                transaction = %pending.transactional_id,
+                transaction = %id,
                 "the commit marker is gone (expired with the group's offsets?): the transaction of checkpoint {checkpoint} is taken as committed"
             );
             Committed::Visible
         }
-        Some(_) => Committed::Lost,
+        _ => Committed::Lost,
     })
 }
 
