@@ -124,8 +124,13 @@ impl Pending {
     ) {
         let expected = if self.is_empty() { next } else { self.last + 1 };
         // Below the position: already handed out (a re-delivery after a reconnect).
-        // At or past the end of a bounded read: not part of it.
-        if offset < expected || end.is_some_and(|e| offset >= e) {
+        if offset < expected {
+            return;
+        }
+        // At or past the end of a bounded read: not part of it, but proof that nothing
+        // below the end is still to come (what lies between is control records).
+        if let Some(end) = end.filter(|&e| offset >= e) {
+            self.reached(end, next, end);
             return;
         }
         self.last = offset;
@@ -207,12 +212,10 @@ impl KafkaSource {
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // A bounded read learns from the end-of-partition events where a partition's
-            // last offsets are transaction markers, which are never delivered.
-            .set(
-                "enable.partition.eof",
-                if config.bounded { "true" } else { "false" },
-            )
+            // End-of-partition events tell where a partition's last offsets are
+            // transaction markers, which are never delivered: a bounded read ends there,
+            // and an idle partition is not taken for one behind.
+            .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", config.isolation.as_str())
             .create_with_context(LagContext {
@@ -419,6 +422,7 @@ impl KafkaSource {
         let binary = self.decoder.is_binary();
         let mut taken = 0;
         let mut error = None;
+        let (partitions, offsets) = (&self.partitions, &self.offsets);
         for (i, queue) in &mut self.queues {
             let i = *i;
             let (Some(pending), Some(&next)) = (self.pending.get_mut(i), self.next.get(i)) else {
@@ -433,6 +437,13 @@ impl KafkaSource {
                 Fetched::End { offset } => {
                     if let Some(end) = end {
                         pending.reached(offset, next, end);
+                    }
+                    // Read up to there: for the lag and the backlog, the partition is
+                    // caught up, whatever markers lie below its high watermark.
+                    if let (Some(p), Ok(mut known)) = (partitions.get(i), offsets.lock())
+                        && let Some(k) = known.get_mut(p)
+                    {
+                        k.delivered = k.delivered.max(offset);
                     }
                 }
                 Fetched::Error(e) => {
@@ -537,8 +548,9 @@ impl Source for KafkaSource {
 
     /// A partition has a backlog while messages wait in its buffer, or below its end
     /// (bounded), or below its high watermark by the last statistics (at most a second
-    /// old). (A transactional topic's last offset can be a commit marker, which is never
-    /// delivered: such a partition keeps holding the watermark back until new data comes.)
+    /// old), unless the client reported the partition's end there: what lies between the
+    /// last message and a transactional topic's high watermark are commit markers, never
+    /// delivered.
     fn split_has_backlog(&self, index: usize) -> bool {
         let (Some(pending), Some(&next)) = (self.pending.get(index), self.next.get(index)) else {
             return false;
