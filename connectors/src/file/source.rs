@@ -5,7 +5,7 @@
 //! of at most `batch_size` records, which the format decoders turn into batches. Parquet
 //! files are read with the parquet crate's async reader, projected to the needed columns.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -50,6 +50,9 @@ pub struct FileSource {
     current_rows: u64,
     /// Rows of the current file handed out before a restart, to skip.
     skip: u64,
+    /// Followed Parquet files that could not be opened, as they were listed then: one
+    /// still being written has no footer yet, so it is tried again once it changes.
+    unreadable: HashMap<Path, (u64, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Where a file source stands: what [`Source::position`] saves.
@@ -125,6 +128,7 @@ impl FileSource {
             current_name: None,
             current_rows: 0,
             skip,
+            unreadable: HashMap::new(),
         })
     }
 
@@ -208,7 +212,15 @@ impl FileSource {
             Err(e) => return Err(e),
         };
         for meta in files {
-            if self.seen.insert(meta.location.clone()) {
+            let changed = self
+                .unreadable
+                .get(&meta.location)
+                .is_some_and(|&was| was != (meta.size, meta.last_modified));
+            if changed {
+                tracing::debug!(file = %meta.location, "file source tries a changed unreadable file again");
+                self.unreadable.remove(&meta.location);
+                self.queue.push_back(meta);
+            } else if self.seen.insert(meta.location.clone()) {
                 tracing::debug!(file = %meta.location, "file source found a new file");
                 self.queue.push_back(meta);
             }
@@ -332,12 +344,15 @@ impl Source for FileSource {
                             self.done.insert(name);
                         }
                         self.current_rows = 0;
+                        // Rows to skip belong to the file resumed; a shorter one leaves some.
+                        self.skip = 0;
                     }
                 }
                 continue;
             }
             if let Some(meta) = self.queue.pop_front() {
                 let name = meta.location.to_string();
+                let listed = (meta.location.clone(), meta.size, meta.last_modified);
                 match Self::start(&self.config, &self.ctx, meta).await {
                     Ok(file) => {
                         self.current = Some(file);
@@ -350,7 +365,13 @@ impl Source for FileSource {
                         self.ctx
                             .bad_records
                             .report(&location, &message, location.as_bytes())?;
-                        self.done.insert(name);
+                        self.skip = 0;
+                        if self.config.follow {
+                            let (path, size, modified) = listed;
+                            self.unreadable.insert(path, (size, modified));
+                        } else {
+                            self.done.insert(name);
+                        }
                     }
                     Err(e) => return Err(e),
                 }
@@ -639,5 +660,39 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(ids(&[next]), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_followed_parquet_file_being_written_is_read_once_complete() {
+        let dir = tempdir();
+        write_parquet(&dir.path().join("a.parquet"), &[1]);
+        // b.parquet is still being written: no footer yet.
+        write_parquet(&dir.path().join("b.parquet"), &[2, 3]);
+        let whole = std::fs::read(dir.path().join("b.parquet")).unwrap();
+        std::fs::write(dir.path().join("b.parquet"), &whole[..whole.len() / 3]).unwrap();
+        let path = dir.path().to_str().unwrap();
+        let config = FileSourceConfig::try_new(
+            opts(&[("path", path), ("format", "parquet"), ("follow", "true")]),
+            Some(decl()),
+        )
+        .await
+        .unwrap();
+        let ctx = ctx(8192);
+        let metrics = Arc::clone(&ctx.metrics);
+        let mut source = config.open(ctx).await.unwrap();
+        assert_eq!(ids(&[source.next_batch().await.unwrap().unwrap()]), vec![1]);
+        // The partial file is one bad record, and nothing more comes while it stays so.
+        let waited = tokio::time::timeout(Duration::from_millis(2500), source.next_batch()).await;
+        assert!(waited.is_err(), "a partial file gave rows");
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
+        // The writer finishes it: the next listing finds it changed and reads it whole.
+        std::fs::write(dir.path().join("b.parquet"), &whole).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), source.next_batch())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&[next]), vec![2, 3]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
     }
 }
