@@ -8,8 +8,8 @@
 
 mod common;
 use common::{
-    Served, avro_long, exit_within_a_minute, free_port, http_get, read_avro_long, sample,
-    wait_for_port,
+    Served, avro_long, exit_within_a_minute, free_port, http_get, json_lines_field,
+    kill_after_each, read_avro_long, sample, wait_for_port,
 };
 
 use std::collections::BTreeMap;
@@ -373,17 +373,9 @@ async fn a_kafka_pipeline_killed_and_restarted_loses_and_duplicates_nothing() {
         "--checkpoint-interval",
         "200ms",
     ];
-    let mut kills = 0;
-    for wait_ms in [700u64, 900, 600, 1100] {
-        let mut child = sluice(&args, &[]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(wait_ms));
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        kills += 1;
-    }
+    let kills = kill_after_each(&[700, 900, 600, 1100], || {
+        sluice(&args, &[]).spawn().unwrap()
+    });
     let out = sluice(&args, &[]).output().unwrap();
     assert!(
         out.status.success(),
@@ -827,16 +819,7 @@ CREATE SINK ids WITH (connector = 'file', path = '{}', format = 'json') AS SELEC
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(&out_dir).unwrap() {
-        for line in std::fs::read_to_string(entry.unwrap().path())
-            .unwrap()
-            .lines()
-        {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            ids.push(row["id"].as_i64().unwrap());
-        }
-    }
+    let mut ids = json_lines_field(&out_dir, "id");
     ids.sort_unstable();
     assert_eq!(ids, vec![1, 2]);
 }

@@ -87,8 +87,6 @@ struct ParquetFile {
     name: String,
     stream: BoxStream<'static, ::parquet::errors::Result<RecordBatch>>,
     map: SchemaMap,
-    /// Rows read so far, for where a damaged file went wrong.
-    rows: u64,
 }
 
 impl FileSource {
@@ -181,12 +179,7 @@ impl FileSource {
                     .build()?
                     .boxed();
                 ctx.metrics.bytes.fetch_add(meta.size, Ordering::Relaxed);
-                return Ok(OpenFile::Parquet(ParquetFile {
-                    name,
-                    stream,
-                    map,
-                    rows: 0,
-                }));
+                return Ok(OpenFile::Parquet(ParquetFile { name, stream, map }));
             }
         };
         let stream = super::blocks::blocks(store.get(&meta.location).await?);
@@ -200,6 +193,14 @@ impl FileSource {
             eof: false,
             decoder,
         }))
+    }
+
+    /// Reports a Parquet file (or its rest, from `location`) that cannot be read as one bad
+    /// record; its location is what goes to the dead-letter file.
+    fn report_bad_file(&self, location: &str, message: &str) -> Result<()> {
+        self.ctx
+            .bad_records
+            .report(location, message, location.as_bytes())
     }
 
     /// Waits for the next listing, and queues the files it finds that were never seen.
@@ -277,17 +278,10 @@ impl ParquetFile {
     /// The next non-empty batch of this file in the source's schema, or `None` at its end.
     ///
     /// # Errors
-    /// [`Error::BadRecord`] when the file is damaged (the rest of it is then skipped);
-    /// a store error when the store fails.
+    /// [`Error::Parquet`] when the file is damaged; a store error when the store fails.
     async fn next(&mut self) -> Result<Option<RecordBatch>> {
         while let Some(batch) = self.stream.next().await {
-            let batch = batch.map_err(|e| {
-                parquet_error(e, |e| Error::BadRecord {
-                    location: format!("{} after row {}", self.name, self.rows),
-                    message: format!("the rest of the file cannot be read: {e}"),
-                })
-            })?;
-            self.rows += batch.num_rows() as u64;
+            let batch = batch.map_err(|e| parquet_error(e, Error::Parquet))?;
             if batch.num_rows() > 0 {
                 return Ok(Some(self.map.apply(&batch)?));
             }
@@ -306,11 +300,12 @@ impl Source for FileSource {
                     OpenFile::Parquet(parquet) => match parquet.next().await {
                         // A damaged parquet file: the rows before the damage are out; the
                         // rest of the file is one bad record.
-                        Err(Error::BadRecord { location, message }) => {
-                            self.ctx.bad_records.report(
+                        Err(Error::Parquet(e)) => {
+                            let location =
+                                format!("{} after row {}", parquet.name, self.current_rows);
+                            self.report_bad_file(
                                 &location,
-                                &message,
-                                location.as_bytes(),
+                                &format!("the rest of the file cannot be read: {e}"),
                             )?;
                             None
                         }
@@ -362,9 +357,7 @@ impl Source for FileSource {
                     // A parquet file that cannot be read as one, or lacks a column: one bad
                     // record (its name goes to the dead-letter file), and the next file.
                     Err(Error::BadRecord { location, message }) => {
-                        self.ctx
-                            .bad_records
-                            .report(&location, &message, location.as_bytes())?;
+                        self.report_bad_file(&location, &message)?;
                         self.skip = 0;
                         if self.config.follow {
                             let (path, size, modified) = listed;

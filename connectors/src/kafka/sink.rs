@@ -197,14 +197,10 @@ impl Drop for KafkaSink {
             .is_some_and(Transactions::is_open)
         {
             let producer = self.producer.clone();
-            let spawned = std::thread::Builder::new()
+            let aborted = std::thread::Builder::new()
                 .name("kafka-abort".into())
-                .spawn(move || {
-                    if let Err(e) = producer.abort_transaction(Duration::from_secs(10)) {
-                        tracing::debug!(connector = CONNECTOR, error = %e, "cannot abort the open transaction");
-                    }
-                });
-            if let Err(e) = spawned {
+                .spawn(move || producer.abort_transaction(Duration::from_secs(10)));
+            if let Err(e) = aborted {
                 tracing::debug!(connector = CONNECTOR, error = %e, "cannot abort the open transaction");
             }
         }

@@ -111,6 +111,12 @@ impl Pending {
         self.messages.is_empty() && self.skipped == 0
     }
 
+    /// The offset the next message must have, in a partition whose next offset to hand out
+    /// is `next`.
+    fn expected(&self, next: i64) -> i64 {
+        if self.is_empty() { next } else { self.last + 1 }
+    }
+
     /// Buffers one message of a partition whose next offset to hand out is `next` and
     /// whose bounded read ends before `end`. A tombstone (`None`) holds no row: it is
     /// passed over, as Flink's and Arroyo's formats pass over a null value.
@@ -122,9 +128,8 @@ impl Pending {
         end: Option<i64>,
         binary: bool,
     ) {
-        let expected = if self.is_empty() { next } else { self.last + 1 };
         // Below the position: already handed out (a re-delivery after a reconnect).
-        if offset < expected {
+        if offset < self.expected(next) {
             return;
         }
         // At or past the end of a bounded read: not part of it, but proof that nothing
@@ -147,17 +152,14 @@ impl Pending {
             self.messages.push(payload, id);
         }
     }
-}
 
-impl Pending {
     /// The client read the partition up to `offset` (its end-of-partition event), in a
     /// bounded read that ends before `end`: what lies between the last message and there
     /// are control records (a transaction's commit or abort marker), never delivered, which
     /// the position must move past for the read to reach its end.
     fn reached(&mut self, offset: i64, next: i64, end: i64) {
-        let expected = if self.is_empty() { next } else { self.last + 1 };
         let upto = offset.min(end);
-        if upto > expected {
+        if upto > self.expected(next) {
             self.last = upto - 1;
             self.skipped += 1;
             self.oldest.get_or_insert_with(Instant::now);

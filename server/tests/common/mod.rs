@@ -93,6 +93,39 @@ pub fn exit_within_a_minute(
     }
 }
 
+/// Starts a process with `spawn` once per wait and SIGKILLs it after that wait, until one
+/// ends by itself first. Returns how many were killed.
+pub fn kill_after_each(waits_ms: &[u64], mut spawn: impl FnMut() -> std::process::Child) -> usize {
+    let mut kills = 0;
+    for &wait in waits_ms {
+        let mut child = spawn();
+        std::thread::sleep(Duration::from_millis(wait));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    kills
+}
+
+/// The integer `field` of every row of the JSON-lines files in folder `dir` (a `file`
+/// sink's output).
+pub fn json_lines_field(dir: &std::path::Path, field: &str) -> Vec<i64> {
+    let mut values = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            values.push(row[field].as_i64().unwrap());
+        }
+    }
+    values
+}
+
 /// Creates `topic` with `partitions` on the Kafka-protocol broker at `bootstrap`.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
