@@ -2,6 +2,7 @@
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::parser::ParserError;
+use datafusion::sql::sqlparser::tokenizer::TokenizerError;
 
 /// Errors from parsing and planning Sluice SQL.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum Error {
     /// DataFusion failed while planning; usually the user's SQL (unknown column, types).
     #[error("{}", clean_datafusion_message(.0))]
     DataFusion(#[from] DataFusionError),
+    /// The statement is over a documented limit: its size, its depth, windows per row.
+    #[error("{0}")]
+    Limit(String),
     /// A broken invariant inside the planner: a bug.
     #[error("internal planner error: {0}")]
     Internal(String),
@@ -43,9 +47,18 @@ impl From<ParserError> for Error {
     fn from(e: ParserError) -> Self {
         let msg = match e {
             ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
-            ParserError::RecursionLimitExceeded => "statement nested too deeply".to_string(),
+            ParserError::RecursionLimitExceeded => format!(
+                "the statement nests more than {} levels deep (parentheses, subqueries, function calls)",
+                crate::limits::PARSER_RECURSION_LIMIT
+            ),
         };
         Error::Syntax(msg)
+    }
+}
+
+impl From<TokenizerError> for Error {
+    fn from(e: TokenizerError) -> Self {
+        Error::Syntax(e.to_string())
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod constant;
 pub mod error;
+pub mod limits;
 mod lower;
 pub mod plan;
 pub mod statement;

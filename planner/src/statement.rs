@@ -10,9 +10,10 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// The kinds of catalog object a statement can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,51 +146,130 @@ impl ParsedStatement {
 
 /// Parses a script of `;`-separated statements.
 ///
+/// The script is tokenized once and split at its top-level `;`s; each statement is checked
+/// against the [`limits`](crate::limits) and parsed on its own, so the time taken grows with
+/// the script's length, not its square.
+///
 /// # Errors
-/// [`Error::Syntax`] with the line and column of the first error.
+/// [`Error::Syntax`] with the line and column of the first error; [`Error::Limit`] for a
+/// script or statement over a limit.
 pub fn parse_script(sql: &str) -> Result<Vec<ParsedStatement>> {
+    limits::check_script_size(sql)?;
     let dialect = GenericDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location()?;
+    let mut offsets = Offsets::new(sql);
     let mut out = Vec::new();
-    loop {
-        while parser.consume_token(&Token::SemiColon) {}
-        let first = parser.peek_token();
-        if first.token == Token::EOF {
-            break;
-        }
-        let start = first.span.start;
+    for tokens in split_statements(tokens) {
         let index = out.len() + 1;
-        let statement = parse_statement(&mut parser).map_err(|e| match e {
-            Error::Syntax(m) => {
-                Error::Syntax(format!("statement {index} (line {}): {m}", start.line))
-            }
+        if index > limits::MAX_STATEMENTS {
+            return Err(Error::Limit(format!(
+                "the script holds more than {} statements",
+                limits::MAX_STATEMENTS
+            )));
+        }
+        let (Some(first), Some(last)) = (tokens.first(), tokens.last()) else {
+            continue;
+        };
+        let start = first.span.start;
+        let begin = offsets.at(start);
+        let end = offsets.at(last.span.end).max(begin);
+        let text = sql.get(begin..end).unwrap_or("").trim().to_string();
+        let located = |e: Error| match e {
+            Error::Syntax(m) => Error::Syntax(format!("statement {index} (line {}): {m}", start.line)),
+            Error::Limit(m) => Error::Limit(format!("statement {index} (line {}): {m}", start.line)),
             other => other,
-        })?;
+        };
+        limits::check_statement(&tokens, end - begin).map_err(located)?;
+        let mut parser = Parser::new(&dialect)
+            .with_recursion_limit(limits::PARSER_RECURSION_LIMIT)
+            .with_tokens_with_locations(tokens);
+        let statement = parse_statement(&mut parser).map_err(located)?;
         let end = parser.peek_token();
-        if end.token != Token::SemiColon && end.token != Token::EOF {
+        if end.token != Token::EOF {
             return Err(Error::Syntax(format!(
                 "statement {index} (line {}): expected ';' or end of input, found '{}' at Line: {}, Column: {}",
                 start.line, end.token, end.span.start.line, end.span.start.column
             )));
         }
-        let text = slice(
-            sql,
-            start,
-            if end.token == Token::EOF {
-                None
-            } else {
-                Some(end.span.start)
-            },
-        );
         out.push(ParsedStatement {
             statement,
             index,
             line: start.line,
             column: start.column,
-            sql: text.trim().to_string(),
+            sql: text,
         });
     }
     Ok(out)
+}
+
+/// The tokens of each statement: split at top-level `;`s, without leading or trailing
+/// whitespace; statements of no token are left out.
+fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let mut out = Vec::new();
+    let mut current: Vec<TokenWithSpan> = Vec::new();
+    let mut depth = 0i64;
+    for t in tokens {
+        match t.token {
+            Token::SemiColon if depth <= 0 => {
+                out.push(std::mem::take(&mut current));
+                continue;
+            }
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::EOF => continue,
+            _ => {}
+        }
+        if current.is_empty() && matches!(t.token, Token::Whitespace(_)) {
+            continue;
+        }
+        current.push(t);
+    }
+    out.push(current);
+    for s in &mut out {
+        while s.last().is_some_and(|t| matches!(t.token, Token::Whitespace(_))) {
+            s.pop();
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// Byte offsets of token locations (1-based lines, 1-based columns in characters), found
+/// by a cursor that only moves forward: each statement's text costs its own length.
+struct Offsets<'a> {
+    sql: &'a str,
+    line: u64,
+    column: u64,
+    byte: usize,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(sql: &'a str) -> Self {
+        Self {
+            sql,
+            line: 1,
+            column: 1,
+            byte: 0,
+        }
+    }
+
+    /// The byte offset of `loc`; locations before the cursor give the cursor's offset.
+    fn at(&mut self, loc: Location) -> usize {
+        let rest = self.sql.get(self.byte..).unwrap_or("");
+        for ch in rest.chars() {
+            if (self.line, self.column) >= (loc.line, loc.column) {
+                break;
+            }
+            self.byte += ch.len_utf8();
+            if ch == '\n' {
+                self.line += 1;
+                self.column = 1;
+            } else {
+                self.column += 1;
+            }
+        }
+        self.byte
+    }
 }
 
 /// Parses a script that must hold exactly one statement.
@@ -205,28 +285,6 @@ pub fn parse_one(sql: &str) -> Result<ParsedStatement> {
         0 => Err(Error::Syntax("empty statement".into())),
         n => Err(Error::Syntax(format!("expected one statement, found {n}"))),
     }
-}
-
-fn slice(sql: &str, start: Location, end: Option<Location>) -> String {
-    let offset = |loc: Location| -> usize {
-        let mut line = 1u64;
-        let mut col = 1u64;
-        for (i, ch) in sql.char_indices() {
-            if line == loc.line && col == loc.column {
-                return i;
-            }
-            if ch == '\n' {
-                line += 1;
-                col = 1;
-            } else {
-                col += 1;
-            }
-        }
-        sql.len()
-    };
-    let s = offset(start);
-    let e = end.map(offset).unwrap_or(sql.len());
-    sql.get(s..e.max(s)).unwrap_or("").to_string()
 }
 
 fn peek_word(parser: &Parser, n: usize) -> Option<String> {
