@@ -376,6 +376,7 @@ pub(crate) async fn rewrite_windows(
         let kind = match (call.function.as_str(), lengths.as_slice()) {
             ("TUMBLE", [size]) => WindowKind::Tumble { size: *size },
             ("HOP", [slide, size]) => {
+                check_windows_per_row("HOP", "slide", *slide, *size)?;
                 if size < slide {
                     return Err(Error::plan(format!(
                         "HOP: the size ({}) must be at least the slide ({})",
@@ -390,6 +391,7 @@ pub(crate) async fn rewrite_windows(
             }
             ("SESSION", [gap]) => WindowKind::Session { gap: *gap },
             ("CUMULATE", [step, size]) => {
+                check_windows_per_row("CUMULATE", "step", *step, *size)?;
                 if size % step != 0 {
                     return Err(Error::plan(format!(
                         "CUMULATE: the size ({}) must be a whole number of steps ({})",
@@ -418,6 +420,22 @@ pub(crate) async fn rewrite_windows(
     Ok(names)
 }
 
+/// Refuses a HOP or CUMULATE whose `size` spans more than
+/// [`MAX_WINDOWS_PER_ROW`](crate::limits::MAX_WINDOWS_PER_ROW) slides or steps: each row
+/// belongs to that many windows, and each window merges that many panes.
+fn check_windows_per_row(function: &str, what: &str, every: i64, size: i64) -> Result<()> {
+    let windows = size / every.max(1);
+    if windows > crate::limits::MAX_WINDOWS_PER_ROW {
+        return Err(Error::Limit(format!(
+            "{function}: a size of {} over a {what} of {} puts each row in {windows} windows, over the limit of {}",
+            format_duration(size),
+            format_duration(every),
+            crate::limits::MAX_WINDOWS_PER_ROW
+        )));
+    }
+    Ok(())
+}
+
 /// Evaluates a constant interval expression, such as `INTERVAL '10' SECOND`, to nanoseconds.
 fn interval_nanos(ctx: &SessionContext, expr: &Expr, function: &str) -> Result<i64> {
     let value = crate::constant::evaluate(
@@ -429,16 +447,16 @@ fn interval_nanos(ctx: &SessionContext, expr: &Expr, function: &str) -> Result<i
         &DFSchema::empty(),
     )?;
     let nanos = match value {
-        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
-            Some(v.days as i64 * 86_400_000_000_000 + v.nanoseconds)
-        }
-        ScalarValue::IntervalDayTime(Some(v)) => {
-            Some(v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000)
-        }
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => i64::from(v.days)
+            .checked_mul(86_400_000_000_000)
+            .and_then(|d| d.checked_add(v.nanoseconds)),
+        ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days)
+            .checked_mul(86_400_000_000_000)
+            .and_then(|d| d.checked_add(i64::from(v.milliseconds) * 1_000_000)),
         ScalarValue::DurationNanosecond(Some(n)) => Some(n),
-        ScalarValue::DurationMicrosecond(Some(n)) => Some(n * 1_000),
-        ScalarValue::DurationMillisecond(Some(n)) => Some(n * 1_000_000),
-        ScalarValue::DurationSecond(Some(n)) => Some(n * 1_000_000_000),
+        ScalarValue::DurationMicrosecond(Some(n)) => n.checked_mul(1_000),
+        ScalarValue::DurationMillisecond(Some(n)) => n.checked_mul(1_000_000),
+        ScalarValue::DurationSecond(Some(n)) => n.checked_mul(1_000_000_000),
         _ => None,
     };
     match nanos {
