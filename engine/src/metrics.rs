@@ -17,6 +17,9 @@ pub struct PipelineMetrics {
     pub rows_out: AtomicU64,
     /// Rows dropped because all their windows had been emitted (`late_rows_dropped`).
     pub late_rows_dropped: Arc<AtomicU64>,
+    /// Rows the operators dropped as bad records (windows outside the timestamp range),
+    /// counted in `bad_records` with the sources' bad records.
+    pub bad_rows: Arc<AtomicU64>,
     /// The watermark at the sink side of the sources (nanoseconds).
     pub watermark: AtomicI64,
     /// The sources' connector counters (`bad_records` among them).
@@ -31,6 +34,7 @@ impl Default for PipelineMetrics {
             rows_in: AtomicU64::new(0),
             rows_out: AtomicU64::new(0),
             late_rows_dropped: Arc::new(AtomicU64::new(0)),
+            bad_rows: Arc::new(AtomicU64::new(0)),
             watermark: AtomicI64::new(WATERMARK_MIN),
             sources: std::sync::Mutex::new(Vec::new()),
             sink: std::sync::Mutex::new(None),
@@ -62,7 +66,8 @@ pub struct MetricsSnapshot {
 impl PipelineMetrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let (mut bad_records, mut bytes_in, mut source_lag) = (0, 0, None);
+        let (mut bad_records, mut bytes_in, mut source_lag) =
+            (self.bad_rows.load(Ordering::Relaxed), 0, None);
         let mut connector_errors = 0;
         if let Ok(sources) = self.sources.lock() {
             for m in sources.iter() {

@@ -39,6 +39,8 @@ pub struct WindowAggregateOperator {
     schema: SchemaRef,
     pane: i64,
     late_rows: Arc<AtomicU64>,
+    /// Rows whose windows fall outside the timestamp range (bad records).
+    bad_rows: Arc<AtomicU64>,
     panes: BTreeMap<i64, Pane>,
     watermark: Watermark,
 }
@@ -66,18 +68,62 @@ impl WindowAggregateOperator {
             schema: output,
             pane,
             late_rows,
+            bad_rows: Arc::new(AtomicU64::new(0)),
             panes: BTreeMap::new(),
             watermark: i64::MIN,
         })
     }
 
+    /// Counts rows whose windows cannot be represented into `bad_rows` (the pipeline's
+    /// `bad_records`) instead of a counter of the operator's own.
+    pub fn with_bad_rows(mut self, bad_rows: Arc<AtomicU64>) -> Self {
+        self.bad_rows = bad_rows;
+        self
+    }
+
+    /// Whether every window of a row at `t`, and every bound the operator computes for it,
+    /// is a representable timestamp. Near the ends of the nanosecond range (years 1677 and
+    /// 2262) a window can start before the first instant or end after the last; such a row
+    /// is a bad record, never a window with `window_end < window_start`. For HOP the check
+    /// is conservative by up to one window: a row less than `size` after the first instant
+    /// is refused.
+    fn bounds_fit(kind: WindowKind, t: i64) -> bool {
+        let fits = || -> Option<()> {
+            match kind {
+                WindowKind::Tumble { size } => {
+                    t.div_euclid(size).checked_mul(size)?.checked_add(size)?;
+                }
+                WindowKind::Hop { slide, size } => {
+                    let last_start = t.div_euclid(slide).checked_mul(slide)?;
+                    last_start.checked_add(size)?;
+                    // The first window starts after t - size.
+                    t.checked_sub(size)?;
+                }
+                WindowKind::Cumulate { step, size } => {
+                    let base = t.div_euclid(size).checked_mul(size)?;
+                    base.checked_add(size)?.checked_add(step)?;
+                }
+                WindowKind::Session { gap } => {
+                    t.checked_add(gap)?;
+                }
+            }
+            Some(())
+        };
+        fits().is_some()
+    }
+
     /// The end of the last window a row at `t` belongs to; the row is late once the
-    /// watermark reaches it.
+    /// watermark reaches it. Saturates for a row whose windows do not fit
+    /// ([`Self::bounds_fit`] drops those first).
     fn last_end(kind: WindowKind, t: i64) -> i64 {
         match kind {
-            WindowKind::Tumble { size } => t.div_euclid(size) * size + size,
-            WindowKind::Hop { slide, size } => t.div_euclid(slide) * slide + size,
-            WindowKind::Cumulate { size, .. } => t.div_euclid(size) * size + size,
+            WindowKind::Tumble { size } | WindowKind::Cumulate { size, .. } => t
+                .div_euclid(size)
+                .saturating_mul(size)
+                .saturating_add(size),
+            WindowKind::Hop { slide, size } => {
+                t.div_euclid(slide).saturating_mul(slide).saturating_add(size)
+            }
             WindowKind::Session { gap } => t.saturating_add(gap),
         }
     }
@@ -86,26 +132,26 @@ impl WindowAggregateOperator {
     fn windows_of_pane(&self, p: i64, out: &mut BTreeSet<(i64, i64)>, after: i64, upto: i64) {
         match self.spec.kind {
             WindowKind::Tumble { size } => {
-                out.insert((p + size, p));
+                out.insert((p.saturating_add(size), p));
             }
             WindowKind::Hop { slide, size } => {
                 let mut s = p.div_euclid(slide) * slide;
-                while s + size > p {
-                    let end = s + size;
+                while s.saturating_add(size) > p && s > i64::MIN {
+                    let end = s.saturating_add(size);
                     if end > after && end <= upto {
                         out.insert((end, s));
                     }
-                    s -= slide;
+                    s = s.saturating_sub(slide);
                 }
             }
             WindowKind::Cumulate { step, size } => {
                 let base = p.div_euclid(size) * size;
-                let mut end = p + step;
-                while end <= base + size {
+                let mut end = p.saturating_add(step);
+                while end <= base.saturating_add(size) && end < i64::MAX {
                     if end > after && end <= upto {
                         out.insert((end, base));
                     }
-                    end += step;
+                    end = end.saturating_add(step);
                 }
             }
             WindowKind::Session { .. } => {}
@@ -135,15 +181,32 @@ impl WindowAggregateOperator {
     ) -> Result<(RecordBatch, TimestampNanosecondArray)> {
         let kind = self.spec.kind;
         let watermark = self.watermark;
+        let (mut late, mut bad) = (0u64, 0u64);
         let keep: BooleanArray = times
             .iter()
-            .map(|t| Some(t.is_some_and(|t| Self::last_end(kind, t) > watermark)))
+            .map(|t| {
+                Some(match t {
+                    None => false,
+                    Some(t) if !Self::bounds_fit(kind, t) => {
+                        bad += 1;
+                        false
+                    }
+                    Some(t) if Self::last_end(kind, t) <= watermark => {
+                        late += 1;
+                        false
+                    }
+                    Some(_) => true,
+                })
+            })
             .collect();
-        let late = times
-            .iter()
-            .filter(|t| t.is_some_and(|t| Self::last_end(kind, t) <= watermark))
-            .count();
-        self.late_rows.fetch_add(late as u64, Ordering::Relaxed);
+        self.late_rows.fetch_add(late, Ordering::Relaxed);
+        if bad > 0 {
+            self.bad_rows.fetch_add(bad, Ordering::Relaxed);
+            tracing::warn!(
+                rows = bad,
+                "rows whose windows fall outside the timestamp range (years 1677 to 2262) were dropped as bad records"
+            );
+        }
         let kept = filter_record_batch(&batch, &keep)?;
         let times = time_column(&kept, self.spec.time_index)?;
         Ok((kept, times))
@@ -168,7 +231,7 @@ impl WindowAggregateOperator {
                     keys,
                     values,
                     start,
-                    start + size,
+                    start.saturating_add(size),
                 )?);
             }
         }
@@ -236,8 +299,12 @@ impl Operator for WindowAggregateOperator {
         let kind = self.spec.kind;
         let watermark = self.watermark;
         let earliest = datafusion::arrow::compute::min(&times);
-        let all_on_time =
-            times.null_count() == 0 && earliest.is_none_or(|t| Self::last_end(kind, t) > watermark);
+        let latest = datafusion::arrow::compute::max(&times);
+        let all_on_time = times.null_count() == 0
+            && earliest.is_none_or(|t| {
+                Self::bounds_fit(kind, t) && Self::last_end(kind, t) > watermark
+            })
+            && latest.is_none_or(|t| Self::bounds_fit(kind, t));
         let (batch, times) = if all_on_time {
             (batch, times)
         } else {
@@ -529,5 +596,68 @@ mod tests {
         assert_eq!(out[1], rows(&["-5,1", "0,1"]));
         assert_eq!(out[3], rows(&["5,1"]));
         assert_eq!(late.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn windows_past_the_ends_of_the_timestamp_range_are_bad_rows() {
+        let (spec, input, output) =
+            window_spec("SELECT k, window_start, window_end, count(*) FROM TUMBLE(t, ts, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end").await;
+        let bad = Arc::new(AtomicU64::new(0));
+        let mut op = WindowAggregateOperator::try_new(spec, &input, output, Arc::new(AtomicU64::new(0)))
+            .unwrap()
+            .with_bad_rows(Arc::clone(&bad));
+        // i64 nanoseconds span -9223372036.85 s (1677) to 9223372036.85 s (2262).
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&[
+                    "1,1,9223372020",
+                    "1,1,9223372035",
+                    "1,1,-9223372030",
+                    "1,1,-9223372036",
+                ]),
+                Step::Watermark(9223372036),
+            ],
+        );
+        assert_eq!(out[0], NONE);
+        assert_eq!(
+            out[1],
+            rows(&["1,-9223372030,-9223372020,1", "1,9223372020,9223372030,1"])
+        );
+        assert_eq!(bad.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn hop_near_the_ends_of_the_range_puts_each_row_in_its_windows() {
+        let (spec, input, output) =
+            window_spec("SELECT window_start, window_end, count(*) FROM HOP(t, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, window_end").await;
+        let bad = Arc::new(AtomicU64::new(0));
+        let mut op = WindowAggregateOperator::try_new(spec, &input, output, Arc::new(AtomicU64::new(0)))
+            .unwrap()
+            .with_bad_rows(Arc::clone(&bad));
+        let out = drive(
+            &mut op,
+            &input,
+            &[
+                Step::Batch(&[
+                    "1,1,9223372020",
+                    "1,1,9223372030",
+                    "1,1,-9223372020",
+                    "1,1,-9223372030",
+                ]),
+                Step::Watermark(9223372036),
+            ],
+        );
+        assert_eq!(
+            out[1],
+            rows(&[
+                "-9223372020,-9223372010,1",
+                "-9223372025,-9223372015,1",
+                "9223372015,9223372025,1",
+                "9223372020,9223372030,1",
+            ])
+        );
+        assert_eq!(bad.load(Ordering::Relaxed), 2);
     }
 }

@@ -212,12 +212,15 @@ impl Pipeline {
                             late,
                         )?))
                     } else {
-                        Some(Box::new(WindowAggregateOperator::try_new(
-                            spec.clone(),
-                            &input,
-                            Arc::clone(&node.schema),
-                            late,
-                        )?))
+                        Some(Box::new(
+                            WindowAggregateOperator::try_new(
+                                spec.clone(),
+                                &input,
+                                Arc::clone(&node.schema),
+                                late,
+                            )?
+                            .with_bad_rows(Arc::clone(&metrics.bad_rows)),
+                        ))
                     }
                 }
                 StreamOp::Union => Some(Box::new(UnionOperator::new(Arc::clone(&node.schema)))),
