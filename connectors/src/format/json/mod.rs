@@ -101,10 +101,12 @@ impl JsonDecoder {
         }
     }
 
-    /// Casts timestamp columns from milliseconds to their declared units.
-    fn finish(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    /// Casts timestamp columns from milliseconds to their declared units. `Err` when a
+    /// value is outside the declared unit's range (a nanosecond timestamp spans the years
+    /// 1677 to 2262): such a record is bad, never a silent NULL.
+    fn finish(&self, batch: &RecordBatch) -> std::result::Result<RecordBatch, String> {
         let options = CastOptions {
-            safe: true,
+            safe: false,
             ..Default::default()
         };
         let columns = batch
@@ -115,12 +117,74 @@ impl JsonDecoder {
                 if col.data_type() == field.data_type() {
                     Ok(Arc::clone(col))
                 } else {
-                    cast_with_options(col, field.data_type(), &options).map_err(Error::from)
+                    cast_with_options(col, field.data_type(), &options).map_err(|e| {
+                        format!(
+                            "column '{}': a value is outside the range of {}: {e}",
+                            field.name(),
+                            field.data_type()
+                        )
+                    })
                 }
             })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+            .collect::<std::result::Result<Vec<ArrayRef>, String>>()?;
         batch_with_rows(Arc::clone(&self.schema), columns, batch.num_rows())
+            .map_err(|e| e.to_string())
     }
+
+    /// Decodes `data` holding exactly `expected` records and casts it to the declared
+    /// schema; `Err` carries why it cannot be taken whole.
+    fn decode_checked(
+        &self,
+        data: &[u8],
+        expected: usize,
+    ) -> std::result::Result<RecordBatch, String> {
+        if let Some(depth) = too_deep(data) {
+            return Err(depth);
+        }
+        self.finish(&self.decode_all(data, expected)?)
+    }
+}
+
+/// The deepest nesting of objects and arrays a record may have. Deeper records are bad
+/// records: decoders and the values they build recurse over the nesting.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Why `data` nests deeper than [`MAX_JSON_DEPTH`], if it does. One pass without recursion;
+/// data with fewer brackets than the limit is passed at memchr's speed. Over several
+/// records a malformed one can make the rest look deeper than they are: the caller then
+/// checks each record alone.
+fn too_deep(data: &[u8]) -> Option<String> {
+    if memchr::memchr2_iter(b'{', b'[', data).take(MAX_JSON_DEPTH + 1).count() <= MAX_JSON_DEPTH {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in data {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Some(format!(
+                        "the record nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The non-blank lines of `data` (without a trailing `\r`), each with its index from 0.
@@ -168,11 +232,18 @@ impl JsonDecoder {
         if expected == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
-        if let Some(batch) = self.flat.as_mut().and_then(|f| f.decode(records.clone())) {
-            return self.finish(&batch);
-        }
-        if let Ok(batch) = self.decode_all(data, expected) {
-            return self.finish(&batch);
+        if too_deep(data).is_none() {
+            if let Some(Ok(batch)) = self
+                .flat
+                .as_mut()
+                .and_then(|f| f.decode(records.clone()))
+                .map(|b| self.finish(&b))
+            {
+                return Ok(batch);
+            }
+            if let Ok(batch) = self.decode_checked(data, expected) {
+                return Ok(batch);
+            }
         }
         self.decode_each(records, location, bad)
     }
@@ -187,7 +258,7 @@ impl JsonDecoder {
         let mut good: Vec<u8> = Vec::new();
         let mut count = 0usize;
         for (i, record) in records.enumerate() {
-            match self.decode_all(record, 1) {
+            match self.decode_checked(record, 1) {
                 Ok(_) => {
                     good.extend_from_slice(record);
                     good.push(b'\n');
@@ -199,12 +270,11 @@ impl JsonDecoder {
         if count == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
-        let batch = self.decode_all(&good, count).map_err(|e| {
+        self.decode_checked(&good, count).map_err(|e| {
             Error::Internal(format!(
                 "json records that decoded alone failed together: {e}"
             ))
-        })?;
-        self.finish(&batch)
+        })
     }
 }
 
@@ -220,19 +290,22 @@ impl RecordDecoder for JsonDecoder {
         first_line: u64,
         bad: &BadRecords,
     ) -> Result<RecordBatch> {
+        let shallow = too_deep(data).is_none();
         // The fast path counts the lines as it goes; only Arrow's decoder needs the count.
-        if let Some(flat) = self.flat.as_mut()
+        if shallow
+            && let Some(flat) = self.flat.as_mut()
             && let Some(batch) = flat.decode(non_blank_lines(data).map(|(_, text)| text))
+            && let Ok(batch) = self.finish(&batch)
         {
-            return self.finish(&batch);
+            return Ok(batch);
         }
         let count = non_blank_lines(data).count();
         if count == 0 {
             return Ok(RecordBatch::new_empty(self.schema()));
         }
         // Then Arrow's decoder on the whole chunk, without splitting it into lines.
-        if let Ok(batch) = self.decode_all(data, count) {
-            return self.finish(&batch);
+        if shallow && let Ok(batch) = self.decode_checked(data, count) {
+            return Ok(batch);
         }
         let lines = lines(data, first_line);
         self.decode_each(
@@ -318,5 +391,79 @@ mod tests {
             matches!(&err, Error::BadRecord { location, .. } if location == "in/f.json:8"),
             "{err}"
         );
+    }
+
+    fn nanosecond_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+        ]))
+    }
+
+    fn ids(batch: &RecordBatch) -> Vec<i64> {
+        batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_deeply_nested_record_is_one_bad_record() {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let mut d = JsonDecoder::try_new(&nanosecond_schema()).unwrap();
+        let deep = format!(
+            "{{\"id\":2,\"s\":{}1{}}}",
+            "{\"a\":".repeat(100_000),
+            "}".repeat(100_000)
+        );
+        let arrays = format!("{{\"id\":3,\"s\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let data = format!("{{\"id\":1}}\n{deep}\n{arrays}\n{{\"id\":4,\"s\":\"x\",\"other\":{{\"a\":[1]}}}}\n");
+        let batch = d.decode(data.as_bytes(), "deep.json", 1, &bad).unwrap();
+        assert_eq!(ids(&batch), vec![1, 4]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 2);
+        // As messages too (Kafka, MQTT, NATS, webhook bodies).
+        let records = [b"{\"id\":5}".as_slice(), deep.as_bytes()];
+        let joined = [records[0], b"\n", records[1]].concat();
+        let batch = d
+            .decode_records(&joined, records.iter().copied(), |i| format!("m{i}"), &bad)
+            .unwrap();
+        assert_eq!(ids(&batch), vec![5]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_record_at_the_depth_limit_is_read() {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Fail, metrics);
+        let mut d = JsonDecoder::try_new(&nanosecond_schema()).unwrap();
+        let n = MAX_JSON_DEPTH - 1;
+        let data = format!("{{\"id\":1,\"other\":{}1{}}}\n", "[".repeat(n), "]".repeat(n));
+        let batch = d.decode(data.as_bytes(), "f.json", 1, &bad).unwrap();
+        assert_eq!(ids(&batch), vec![1]);
+    }
+
+    #[test]
+    fn timestamps_outside_the_nanosecond_range_are_bad_records() {
+        let metrics = Arc::new(ConnectorMetrics::default());
+        let bad = BadRecords::new(OnError::Skip, Arc::clone(&metrics));
+        let mut d = JsonDecoder::try_new(&nanosecond_schema()).unwrap();
+        let data = b"{\"id\":1,\"ts\":\"2024-01-01T00:00:00Z\"}\n\
+            {\"id\":2,\"ts\":\"9999-12-31T23:59:59Z\"}\n\
+            {\"id\":3,\"ts\":\"1600-01-01T00:00:00Z\"}\n\
+            {\"id\":4,\"ts\":\"2262-04-11T23:47:16Z\"}\n\
+            {\"id\":5,\"ts\":\"1677-09-21T00:12:44Z\"}\n\
+            {\"id\":6,\"ts\":\"2262-04-11T23:47:17Z\"}\n";
+        let batch = d.decode(data, "f.json", 1, &bad).unwrap();
+        assert_eq!(ids(&batch), vec![1, 4, 5]);
+        assert_eq!(batch.column(2).null_count(), 0);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 3);
+        let fail = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
+        let err = d.decode(data, "f.json", 1, &fail).unwrap_err().to_string();
+        assert!(err.contains("f.json:2") && err.contains("outside the range"), "{err}");
     }
 }
