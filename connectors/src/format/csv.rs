@@ -142,6 +142,16 @@ fn locate(data: &[u8], start: usize, end: usize, cursor: &mut (usize, u64)) -> (
     (cursor.1, start..stop)
 }
 
+/// Where the first line of a record ends, when the record runs over several lines without
+/// closing its quotes: a quote opened and never closed swallows every line after it, so
+/// only its first line is proven to belong to the record. `None` for a record on one line
+/// and for a multi-line record whose quotes balance (a quoted field with line breaks).
+fn unclosed_multiline(data: &[u8], raw: &Range<usize>) -> Option<usize> {
+    let text = data.get(raw.clone())?;
+    let first_newline = memchr::memchr(b'\n', text)?;
+    (memchr::memchr_iter(b'"', text).count() % 2 == 1).then_some(raw.start + first_newline)
+}
+
 impl RecordDecoder for CsvDecoder {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
@@ -245,6 +255,22 @@ impl CsvDecoder {
                     continue;
                 }
                 line = message as u64;
+            } else if let Some(cut) = unclosed_multiline(data, &raw) {
+                // A record over several lines that does not close its quotes: only its
+                // first line is proven to belong to it. That line is the bad record;
+                // reading goes on at the next line.
+                bad_rows.push(BadRow {
+                    line,
+                    message: "unclosed quote: the record's quoted field does not end on its line"
+                        .to_string(),
+                    raw: raw.start..cut,
+                });
+                let mut next = Position::new();
+                next.set_byte((cut + 1) as u64);
+                reader
+                    .seek(next)
+                    .map_err(|e| Error::Internal(format!("csv reader seek: {e}")))?;
+                continue;
             }
             match result {
                 Ok(_) => {
@@ -407,6 +433,45 @@ mod tests {
         assert_eq!(ts.value(0), 1_704_067_201_000);
         assert_eq!(ts.value(1), 1_704_067_202_000);
         assert!(ts.is_null(2));
+    }
+
+    #[test]
+    fn an_unclosed_quote_loses_only_its_own_line() {
+        let (metrics, bad) = skip();
+        let mut d = CsvDecoder::try_new(&schema(), true, b',').unwrap();
+        let mut data = String::from("id,name,ts\n1,a,\n2,\"never closed,\n");
+        for i in 3..13 {
+            data.push_str(&format!("{i},row {i},2024-01-01 00:00:0{}\n", i % 10));
+        }
+        let batch = d.decode(data.as_bytes(), "q.csv", 1, &bad).unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 1);
+        // The fail policy names the line the quote opened on.
+        let fail = BadRecords::new(OnError::Fail, Arc::new(ConnectorMetrics::default()));
+        let mut d = CsvDecoder::try_new(&schema(), true, b',').unwrap();
+        let err = d.decode(data.as_bytes(), "q.csv", 1, &fail).unwrap_err().to_string();
+        assert!(err.contains("q.csv:3") && err.contains("unclosed quote"), "{err}");
+    }
+
+    #[test]
+    fn a_quoted_field_over_several_lines_is_still_one_record() {
+        let (metrics, bad) = skip();
+        let mut d = CsvDecoder::try_new(&schema(), false, b',').unwrap();
+        let data = b"1,\"two\nlines\",\n2,b,\n";
+        let batch = d.decode(data, "m.csv", 1, &bad).unwrap();
+        let names = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(names.value(0), "two\nlines");
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(metrics.bad_records.load(Ordering::Relaxed), 0);
     }
 
     #[test]
