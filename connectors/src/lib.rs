@@ -79,6 +79,10 @@ impl SourceDecl {
 /// stop paying, and small enough for every buffer sized by it.
 pub const MAX_BATCH_SIZE: usize = 1 << 24;
 
+/// The most bytes a source's batch may take where the source knows its row size
+/// (`batch_size` × the widest row): 256 MiB.
+pub const MAX_BATCH_BYTES: u64 = 256 << 20;
+
 /// Validates a `CREATE SOURCE`: the connector exists, every option is known and well typed,
 /// the declared columns fit the connector. `declared` is `None` when no column list was given.
 ///
@@ -123,6 +127,17 @@ pub async fn source_decl(
             });
         }
     };
+    if let Some(row) = config.max_row_bytes() {
+        let bytes = row.saturating_mul(batch_size as u64);
+        if bytes > MAX_BATCH_BYTES {
+            return Err(Error::option(
+                connector,
+                format!(
+                    "a batch of {batch_size} rows of up to {row} bytes takes {bytes} bytes, over the limit of {MAX_BATCH_BYTES} bytes: lower 'batch_size' or the field lengths"
+                ),
+            ));
+        }
+    }
     Ok(SourceDecl {
         config,
         batch_size,

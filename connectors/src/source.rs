@@ -110,6 +110,11 @@ pub trait SourceConfig: Send + Sync + Debug {
     fn schema(&self) -> SchemaRef;
     /// Whether the input ends by itself (a file, a generator with `rows`).
     fn is_bounded(&self) -> bool;
+    /// The most bytes one row takes in a batch, where the source knows it (a generator):
+    /// with `batch_size`, what bounds a batch's memory at CREATE time.
+    fn max_row_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Starts reading.
     ///
     /// # Errors

@@ -183,6 +183,23 @@ pub(super) enum Column {
     },
 }
 
+impl Column {
+    /// The most bytes one value of this column takes in a batch (its offsets included).
+    pub(super) fn max_value_bytes(&self) -> u64 {
+        match self {
+            Column::Int { .. } | Column::Float { .. } | Column::Timestamp { .. } => 16,
+            Column::Bool { .. } => 1,
+            Column::Str { values, .. } => {
+                8 + match values {
+                    StrValues::Random { length } => *length as u64,
+                    StrValues::Values(v) => v.iter().map(|s| s.len() as u64).max().unwrap_or(0),
+                    StrValues::Sequence(_) => 40,
+                }
+            }
+        }
+    }
+}
+
 /// Integers from `start`: a sequence cycling after `span` values, or uniformly random among
 /// `span` values (`None`: 2^64 values).
 #[derive(Debug, Clone)]

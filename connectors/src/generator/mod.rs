@@ -139,6 +139,10 @@ impl SourceConfig for GeneratorConfig {
         self.rows.is_some()
     }
 
+    fn max_row_bytes(&self) -> Option<u64> {
+        Some(self.columns.iter().map(Column::max_value_bytes).sum())
+    }
+
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
         Ok(Box::new(GeneratorSource {
             pacer: Pacer::new(self.rows_per_second),
