@@ -9,7 +9,7 @@ mod sink;
 use std::time::Duration;
 
 use ::parquet::basic::{Compression, GzipLevel, ZstdLevel};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
 use crate::file::sink::output_location;
@@ -33,6 +33,9 @@ pub struct ParquetSinkConfig {
     rollover_seconds: Option<Duration>,
     partition_by: Vec<String>,
     compression: Compression,
+    /// The unit timestamps are written in: microseconds unless `timestamp_unit` says
+    /// otherwise, since Spark and Hive cannot read nanosecond timestamps.
+    timestamp_unit: TimeUnit,
 }
 
 impl ParquetSinkConfig {
@@ -84,6 +87,14 @@ impl ParquetSinkConfig {
             Some("lz4") => Compression::LZ4_RAW,
             Some(_) => Compression::UNCOMPRESSED,
         };
+        let timestamp_unit = match options
+            .take_choice("timestamp_unit", &["millis", "micros", "nanos"])?
+            .as_deref()
+        {
+            Some("millis") => TimeUnit::Millisecond,
+            Some("nanos") => TimeUnit::Nanosecond,
+            _ => TimeUnit::Microsecond,
+        };
         options.finish()?;
         let location = output_location(CONNECTOR, &path, &aws)?;
         Ok(Self {
@@ -93,6 +104,7 @@ impl ParquetSinkConfig {
             rollover_seconds,
             partition_by,
             compression,
+            timestamp_unit,
         })
     }
 }

@@ -17,7 +17,8 @@ use ::parquet::arrow::ArrowWriter;
 use ::parquet::file::properties::WriterProperties;
 use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, partition, take_record_batch};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::path::{Path, PathPart};
@@ -81,21 +82,36 @@ impl OpenFile {
     }
 }
 
-/// Escapes a partition column name or value for a folder name, as Hive does for the
-/// characters that would break the path or the `col=value` form.
+/// Escapes a partition column name or value for a folder name as Hive's
+/// `FileUtils.escapePathName` does: `%XX` for control characters and for
+/// `" # % ' * / : = ? \\ { [ ] ^` and DEL, so that Spark, Hive and DuckDB read the value
+/// back unchanged.
 fn escape_path_value(value: &str) -> String {
     if value == "." || value == ".." {
         return value.replace('.', "%2E");
     }
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
-        if matches!(c, '/' | '=' | '%' | '\\') || c.is_ascii_control() {
+        let hive_escapes = matches!(
+            c,
+            '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+        );
+        if hive_escapes || c.is_ascii_control() {
             let _ = write!(out, "%{:02X}", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// The type a column is written as: timestamps in the sink's `timestamp_unit`, the rest
+/// as they are.
+fn file_type(data_type: &DataType, unit: TimeUnit) -> DataType {
+    match data_type {
+        DataType::Timestamp(_, tz) => DataType::Timestamp(unit, tz.clone()),
+        other => other.clone(),
+    }
 }
 
 impl ParquetSink {
@@ -150,7 +166,15 @@ impl ParquetSink {
         let file_schema: SchemaRef = Arc::new(Schema::new_with_metadata(
             data_cols
                 .iter()
-                .map(|i| schema.field(*i).clone())
+                .map(|i| {
+                    let f = schema.field(*i);
+                    Field::new(
+                        f.name(),
+                        file_type(f.data_type(), config.timestamp_unit),
+                        f.is_nullable(),
+                    )
+                    .with_metadata(f.metadata().clone())
+                })
                 .collect::<Vec<_>>(),
             schema.metadata().clone(),
         ));
@@ -204,7 +228,7 @@ impl ParquetSink {
     /// Splits `batch` into the rows of each partition folder, without the partition columns.
     fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
         if self.partition_cols.is_empty() {
-            return Ok(vec![(String::new(), batch.project(&self.data_cols)?)]);
+            return Ok(vec![(String::new(), self.file_rows(batch)?)]);
         }
         let keys: Vec<ArrayRef> = self
             .partition_cols
@@ -240,9 +264,28 @@ impl ParquetSink {
         for range in partition(&sorted_keys)?.ranges() {
             let rows = sorted.slice(range.start, range.end - range.start);
             let key = self.partition_key(&rows)?;
-            out.push((key, rows.project(&self.data_cols)?));
+            out.push((key, self.file_rows(&rows)?));
         }
         Ok(out)
+    }
+
+    /// The rows of `batch` as the files hold them: without the partition columns, with
+    /// timestamps in the sink's `timestamp_unit` (finer digits cut off by Arrow's cast).
+    fn file_rows(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let columns = self
+            .data_cols
+            .iter()
+            .zip(self.file_schema.fields())
+            .map(|(i, field)| {
+                let column = batch.column(*i);
+                if column.data_type() == field.data_type() {
+                    Ok(Arc::clone(column))
+                } else {
+                    Ok(cast(column, field.data_type())?)
+                }
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.file_schema), columns)?)
     }
 
     /// The folder of partition `key`.
@@ -658,9 +701,70 @@ mod tests {
     fn escapes_folder_names() {
         assert_eq!(escape_path_value("a/b=c%d"), "a%2Fb%3Dc%25d");
         assert_eq!(escape_path_value(".."), "%2E%2E");
+        // As Hive's FileUtils.escapePathName: ':' and the rest of its list, not spaces.
         assert_eq!(
             escape_path_value("2024-01-01T00:00:00"),
-            "2024-01-01T00:00:00"
+            "2024-01-01T00%3A00%3A00"
         );
+        assert_eq!(
+            escape_path_value("a b#c?d*e'f\"g[h]i{j^k\\l\u{7f}m\u{1}"),
+            "a b%23c%3Fd%2Ae%27f%22g%5Bh%5Di%7Bj%5Ek%5Cl%7Fm%01"
+        );
+        assert_eq!(escape_path_value("é-ü"), "é-ü");
+    }
+
+    #[tokio::test]
+    async fn timestamps_are_written_as_micros_unless_the_sink_says_otherwise() {
+        use ::parquet::file::reader::{FileReader, SerializedFileReader};
+        use datafusion::arrow::array::TimestampNanosecondArray;
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new(
+            "t",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        )]));
+        let rows = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(TimestampNanosecondArray::from(vec![
+                1_704_067_201_123_456_789,
+            ]))],
+        )
+        .unwrap();
+        for (unit, physical) in [
+            (None, "TIMESTAMP(MICROS,false)"),
+            (Some("millis"), "TIMESTAMP(MILLIS,false)"),
+            (Some("nanos"), "TIMESTAMP(NANOS,false)"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let options: Vec<(&str, &str)> =
+                unit.map(|u| vec![("timestamp_unit", u)]).unwrap_or_default();
+            let mut sink = config(dir.path(), &options)
+                .open(Arc::clone(&schema), SinkContext::default())
+                .await
+                .unwrap();
+            sink.write(rows.clone()).await.unwrap();
+            sink.finish().await.unwrap();
+            let names = files(dir.path());
+            let file = std::fs::File::open(dir.path().join(&names[0])).unwrap();
+            let reader = SerializedFileReader::new(file).unwrap();
+            let column = reader.metadata().file_metadata().schema_descr().column(0);
+            let logical = format!("{:?}", column.logical_type_ref());
+            let expected_unit = physical.split('(').nth(1).unwrap().split(',').next().unwrap();
+            assert!(
+                logical.to_ascii_uppercase().contains(expected_unit),
+                "{unit:?}: {logical}"
+            );
+            let back = read(&dir.path().join(&names[0]));
+            assert_eq!(back[0].num_rows(), 1);
+        }
+        let err = ParquetSinkConfig::try_new(Options::new(
+            "parquet",
+            [
+                ("path".to_string(), "/tmp/x".to_string()),
+                ("timestamp_unit".to_string(), "seconds".to_string()),
+            ],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("timestamp_unit"), "{err}");
     }
 }
