@@ -69,16 +69,56 @@ impl Error {
                 sluice_connectors::ErrorKind::Internal => ErrorKind::Internal,
             },
             Error::Pipeline { source, .. } | Error::AtStatement { source, .. } => source.kind(),
-            Error::DataFusion(
-                DataFusionError::Plan(_)
-                | DataFusionError::SchemaError(..)
-                | DataFusionError::SQL(..),
-            ) => ErrorKind::User,
+            Error::DataFusion(e) => datafusion_kind(e),
+            Error::Arrow(e) => arrow_kind(e),
             Error::Checkpoint(_) => ErrorKind::External,
             Error::IncompatibleState(_) => ErrorKind::User,
-            Error::Arrow(_) | Error::DataFusion(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Internal(_) => ErrorKind::Internal,
         }
     }
+}
+
+/// Who caused a DataFusion error: planning errors, arithmetic on the user's values (a
+/// division by zero, an overflow, a cast that fails) and a query past its memory are the
+/// user's; the rest are bugs.
+fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
+    match e.find_root() {
+        DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::SQL(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::ResourcesExhausted(_) => ErrorKind::User,
+        DataFusionError::ArrowError(a, _) => arrow_kind(a),
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => ErrorKind::External,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// Who caused an Arrow error: the kernels' complaints about values are the user's.
+fn arrow_kind(e: &ArrowError) -> ErrorKind {
+    match e {
+        ArrowError::DivideByZero
+        | ArrowError::ArithmeticOverflow(_)
+        | ArrowError::CastError(_)
+        | ArrowError::ParseError(_)
+        | ArrowError::InvalidArgumentError(_)
+        | ArrowError::ComputeError(_) => ErrorKind::User,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// Builds an [`Error::Internal`] from a format string: a broken invariant, a bug.
+///
+/// ```
+/// # use sluice_engine::internal_err;
+/// let e = internal_err!("pane {} vanished", 3);
+/// assert_eq!(e.to_string(), "internal error: pane 3 vanished");
+/// ```
+#[macro_export]
+macro_rules! internal_err {
+    ($($arg:tt)*) => {
+        $crate::error::Error::Internal(format!($($arg)*))
+    };
 }
 
 /// Result with the engine's [`Error`].

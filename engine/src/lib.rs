@@ -17,4 +17,4 @@ pub use catalog_store::CatalogStore;
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::{MetricsSnapshot, PipelineMetrics};
 pub use runtime::{Pipeline, PipelineStatus};
-pub use session::{Session, StatementOutput};
+pub use session::{Session, StatementOutput, execute_shared};

@@ -58,10 +58,24 @@ impl<'a> Planner<'a> {
     /// # Errors
     /// When a view no longer plans (an object it uses was dropped).
     pub async fn context(&self) -> Result<SessionContext> {
+        self.context_in(None).await
+    }
+
+    /// As [`Planner::context`], with DataFusion's runtime (its memory pool) given.
+    ///
+    /// # Errors
+    /// As [`Planner::context`].
+    pub async fn context_in(
+        &self,
+        runtime: Option<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
+    ) -> Result<SessionContext> {
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = match runtime {
+            Some(runtime) => SessionContext::new_with_config_rt(config, runtime),
+            None => SessionContext::new_with_config(config),
+        };
         for rule in SKIPPED_RULES {
             ctx.remove_optimizer_rule(rule);
         }

@@ -65,6 +65,10 @@ enum Command {
         /// Complete checkpoints kept per pipeline.
         #[arg(long, default_value_t = sluice_engine::checkpoint::DEFAULT_RETENTION)]
         checkpoint_retention: usize,
+        /// Memory an ad-hoc query (over materialized views) may use, in MiB: its operators'
+        /// memory pool and its result. Past it the query fails with RESOURCE_EXHAUSTED.
+        #[arg(long, default_value_t = sluice_engine::session::query::DEFAULT_QUERY_MEMORY >> 20)]
+        query_memory_mib: usize,
     },
     /// An interactive SQL shell on a running `sluice serve`, like psql.
     ///
@@ -84,6 +88,9 @@ enum Command {
     },
 }
 
+/// The stack of each runtime thread: 16 MiB (address space; only what is used is memory).
+const WORKER_STACK_BYTES: usize = 16 << 20;
+
 /// Parses `500ms`, `1s`, `2m` and the like.
 fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
     sluice_connectors::options::parse_duration(v)
@@ -98,7 +105,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Planning and expression evaluation recurse over the statement's tree; the depth limits
+    // of the planner keep that within what this stack holds with room to spare.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(WORKER_STACK_BYTES)
         .enable_all()
         .build()
     {
@@ -128,10 +138,14 @@ fn main() -> ExitCode {
                 data_dir,
                 checkpoint_interval,
                 checkpoint_retention,
+                query_memory_mib,
             } => {
                 let checkpoints = (!checkpoint_interval.is_zero())
                     .then_some((checkpoint_interval, checkpoint_retention));
-                serve::serve(listen, http, &data_dir, checkpoints).await
+                let limits = serve::Limits {
+                    query_memory: query_memory_mib.saturating_mul(1 << 20),
+                };
+                serve::serve(listen, http, &data_dir, checkpoints, limits).await
             }
             Command::Sql {
                 server,

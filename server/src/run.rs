@@ -45,6 +45,12 @@ pub async fn run(
                 }
             }
             StatementOutput::Rows { batches, .. } => print_batches(&batches)?,
+            StatementOutput::Query { stream, .. } => {
+                let batches = sluice_engine::session::query::collect(stream)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {}: {e}", file.display(), stmt.locator()))?;
+                print_batches(&batches)?
+            }
             StatementOutput::Stream { mut rows, .. } => {
                 let closed = Arc::clone(&output_closed);
                 printers.push(tokio::spawn(async move {

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{free_port, http_get};
+use common::{free_port, http_get, http_post as post};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -401,21 +401,6 @@ async fn a_view_over_an_unbounded_input_keeps_its_rows_across_a_restart() {
     let shown = text(&mut client, "SHOW CHECKPOINTS").await;
     assert!(shown.contains("per_sensor"), "{shown}");
     assert!(server.terminate().success());
-}
-
-/// POSTs `body` to the server's HTTP port; returns the status line.
-fn post(port: u16, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        conn,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).unwrap();
-    reply.lines().next().unwrap_or_default().to_string()
 }
 
 #[tokio::test]

@@ -38,6 +38,11 @@ impl sqllogictest::AsyncDB for SluiceDb {
             last = match output {
                 StatementOutput::Done(_) => DBOutput::StatementComplete(0),
                 StatementOutput::Rows { batches, .. } => rows(&batches)?,
+                StatementOutput::Query { stream, .. } => rows(
+                    &sluice_engine::session::query::collect(stream)
+                        .await
+                        .map_err(|e| DbError(e.to_string()))?,
+                )?,
                 StatementOutput::Stream {
                     mut rows, pipeline, ..
                 } => {

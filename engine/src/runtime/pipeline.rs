@@ -102,8 +102,8 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A running continuous query.
-#[derive(Debug)]
+/// A running continuous query. A clone is a handle on the same running pipeline.
+#[derive(Debug, Clone)]
 pub struct Pipeline {
     /// Its name: the sink or view it feeds.
     pub name: String,

@@ -10,11 +10,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::sql::sqlparser::ast::Query;
-use sluice_connectors::{ConnectorMetrics, Options, RunCheckpoints, SinkContext, UpdateKey};
-use sluice_planner::catalog::{MaterializedViewEntry, SinkEntry, SourceEntry, ViewEntry};
-use sluice_planner::{
-    Catalog, ObjectKind, ParsedStatement, Planner, SinkInput, Statement, StreamPlan,
-};
+use sluice_connectors::{ConnectorMetrics, Options};
+use sluice_planner::catalog::{MaterializedViewEntry, SourceEntry, ViewEntry};
+use sluice_planner::{Catalog, ObjectKind, ParsedStatement, Planner, Statement, StreamPlan};
 use tokio::sync::mpsc;
 
 use crate::catalog_store::CatalogStore;
@@ -25,11 +23,14 @@ use crate::runtime::Checkpointing;
 use crate::runtime::{Pipeline, PipelineStatus, SinkTarget, SourceBinding};
 use crate::view::{ChannelSink, ViewSink, ViewStore};
 
+pub mod query;
 mod show;
+mod sink;
 use show::text_batch;
 
+pub use sink::{CONNECT_TIMEOUT, ConnectedSink, PreparedSink, execute_shared};
+
 /// What a statement produced.
-#[derive(Debug)]
 pub enum StatementOutput {
     /// A statement that changed the catalog; the message says what it did.
     Done(String),
@@ -39,6 +40,14 @@ pub enum StatementOutput {
         schema: SchemaRef,
         /// The rows.
         batches: Vec<RecordBatch>,
+    },
+    /// An ad-hoc query over materialized views, running in DataFusion under the session's
+    /// query memory limit: its rows as they are computed. Dropping the stream cancels it.
+    Query {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The result batches.
+        stream: datafusion::physical_plan::SendableRecordBatchStream,
     },
     /// A continuous query's results, as they are produced.
     Stream {
@@ -74,7 +83,28 @@ pub struct Session {
     store: Option<CatalogStore>,
     /// Checkpointing of sink and materialized-view pipelines, when on.
     checkpoints: Option<CheckpointConfig>,
+    /// The memory an ad-hoc query may use (its operators and its result), in bytes;
+    /// `None` until set: [`query::DEFAULT_QUERY_MEMORY`].
+    query_memory: Option<usize>,
 }
+
+impl std::fmt::Debug for StatementOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatementOutput::Done(m) => f.debug_tuple("Done").field(m).finish(),
+            StatementOutput::Rows { batches, .. } => {
+                f.debug_struct("Rows").field("batches", &batches.len()).finish()
+            }
+            StatementOutput::Query { .. } => f.write_str("Query"),
+            StatementOutput::Stream { pipeline, .. } => {
+                f.debug_struct("Stream").field("pipeline", pipeline).finish()
+            }
+        }
+    }
+}
+
+/// The name of a continuous query's pipeline: this prefix and a number.
+const QUERY_PREFIX: &str = "query-";
 
 /// The kind and name of what a CREATE statement makes.
 fn created(stmt: &ParsedStatement) -> Option<(ObjectKind, &String)> {
@@ -303,59 +333,9 @@ impl Session {
                     .insert(name.clone(), SourceBinding { decl, watermark });
                 Ok(StatementOutput::Done(format!("created source '{name}'")))
             }
-            Statement::CreateSink {
-                name,
-                input,
-                options,
-            } => {
-                self.catalog.check_free(ObjectKind::Sink, name)?;
-                let query = match input {
-                    SinkInput::Query(q) => q.clone(),
-                    SinkInput::Relation(r) => select_all(&r.to_string())?,
-                };
-                let (connector, options) = options_of("sink", name, options)?;
-                let config = sluice_connectors::sink_config(&connector, options)?;
-                // A sink that upserts by key (postgres with primary_key) takes updating
-                // queries; append-only sinks reject them when they are planned.
-                let planner = Planner::new(&self.catalog);
-                let plan = if config.append_only() {
-                    planner.plan_query(&query).await?
-                } else {
-                    planner.plan_view_query(&query).await?
-                };
-                let schema = plan.schema();
-                let recovery = self.recover(name, Some(&config)).await?;
-                if recovery.as_ref().is_some_and(Checkpointing::finished) {
-                    // Its bounded input was consumed and committed before a restart.
-                    self.finished_restored.insert(name.clone());
-                } else {
-                    let sink_metrics = Arc::new(ConnectorMetrics::default());
-                    let ctx = SinkContext {
-                        name: name.clone(),
-                        metrics: Arc::clone(&sink_metrics),
-                        checkpoints: recovery.as_ref().map(|c| RunCheckpoints {
-                            restored: c.restored.as_ref().map(|r| r.manifest.id),
-                            next: c.next_id,
-                            interval: c.interval,
-                        }),
-                        update_key: plan.is_updating().then(|| {
-                            plan.update_key()
-                                .map_or(UpdateKey::NotInOutput, UpdateKey::Columns)
-                        }),
-                    };
-                    let sink = config.open(Arc::clone(&schema), ctx).await?;
-                    self.start(name, plan, sink, Some(sink_metrics), recovery)?;
-                }
-                self.catalog.sinks.insert(
-                    name.clone(),
-                    SinkEntry {
-                        name: name.clone(),
-                        connector,
-                        schema,
-                        definition: stmt.sql.clone(),
-                    },
-                );
-                Ok(StatementOutput::Done(format!("created sink '{name}'")))
+            Statement::CreateSink { .. } => {
+                let connected = self.prepare_sink(stmt).await?.connect().await?;
+                self.finish_sink(connected)
             }
             Statement::CreateView {
                 name,
@@ -411,7 +391,7 @@ impl Session {
                         self.finished_restored.insert(name.clone());
                     }
                     _ => {
-                        let recovery = self.recover(name, None).await?;
+                        let recovery = recover(self.checkpoints.as_ref(), name, None).await?;
                         if let Some(r) = recovery.as_ref().and_then(|c| c.restored.as_ref()) {
                             store.load(r.sink_state.clone());
                         }
@@ -508,53 +488,6 @@ impl Session {
         self.checkpoints = Some(config);
     }
 
-    /// Prepares pipeline `name` to start from its newest complete checkpoint, if
-    /// checkpoints are on: loads it, commits the sink output it staged (its commit may not
-    /// have happened before a crash), and removes sink output no checkpoint covers.
-    async fn recover(
-        &self,
-        name: &str,
-        sink: Option<&Arc<dyn sluice_connectors::SinkConfig>>,
-    ) -> Result<Option<Checkpointing>> {
-        let Some(config) = &self.checkpoints else {
-            return Ok(None);
-        };
-        let store = config.store_for(name);
-        let started = std::time::Instant::now();
-        let mut restored = store.load_latest().await?;
-        let next_id = store.ids().await?.last().copied().unwrap_or(0) + 1;
-        if let Some(sink) = sink {
-            restored = commit_restored(&store, name, sink.as_ref(), restored).await?;
-            sink.recover(name, restored.as_ref().map(|r| r.manifest.id))
-                .await?;
-        }
-        let metrics = Arc::new(crate::checkpoint::CheckpointMetrics::default());
-        if let Some(r) = &restored {
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            metrics
-                .restore_ms
-                .store(ms, std::sync::atomic::Ordering::Relaxed);
-            metrics
-                .restored_id
-                .store(r.manifest.id, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                pipeline = name,
-                checkpoint = r.manifest.id,
-                restore_ms = ms,
-                "resuming from a checkpoint"
-            );
-        }
-        Ok(Some(Checkpointing {
-            store,
-            interval: config.interval,
-            retention: config.retention,
-            sink: sink.cloned(),
-            restored,
-            next_id,
-            metrics,
-        }))
-    }
-
     /// A top-level query: continuous over streams, or answered now from materialized views.
     async fn query(&mut self, query: &Query) -> Result<StatementOutput> {
         let mut names = Vec::new();
@@ -579,8 +512,12 @@ impl Session {
         let plan = Planner::new(&self.catalog).plan_query(query).await?;
         let schema = plan.schema();
         let (tx, rx) = mpsc::channel(crate::runtime::CHANNEL_CAPACITY);
+        // Ad-hoc query pipelines that ended are forgotten; the running ones stay listed.
+        self.pipelines.retain(|p| {
+            !(p.name.starts_with(QUERY_PREFIX) && p.status() != PipelineStatus::Running)
+        });
         self.queries += 1;
-        let name = format!("query-{}", self.queries);
+        let name = format!("{QUERY_PREFIX}{}", self.queries);
         self.start(&name, plan, Box::new(ChannelSink::new(tx)), None, None)?;
         Ok(StatementOutput::Stream {
             schema,
@@ -589,9 +526,20 @@ impl Session {
         })
     }
 
-    /// A DataFusion context where every materialized view is a table of its current rows.
+    /// Sets the memory an ad-hoc query may use, in bytes.
+    pub fn set_query_memory_limit(&mut self, bytes: usize) {
+        self.query_memory = Some(bytes);
+    }
+
+    fn query_memory(&self) -> usize {
+        self.query_memory.unwrap_or(query::DEFAULT_QUERY_MEMORY)
+    }
+
+    /// A DataFusion context where every materialized view is a table of its current rows,
+    /// whose operators share a memory pool of the session's query memory limit.
     async fn ad_hoc_context(&self) -> Result<datafusion::execution::context::SessionContext> {
-        let ctx = Planner::new(&self.catalog).context().await?;
+        let runtime = query::runtime(self.query_memory())?;
+        let ctx = Planner::new(&self.catalog).context_in(Some(runtime)).await?;
         for (name, store) in &self.views {
             ctx.deregister_table(name.as_str())?;
             let table = MemTable::try_new(store.schema(), vec![store.snapshot()])?;
@@ -600,13 +548,17 @@ impl Session {
         Ok(ctx)
     }
 
-    /// Answers a query over materialized views from their current rows, with DataFusion.
+    /// Plans a query over materialized views against their current rows; the caller runs
+    /// it by reading the stream (without the session).
     async fn ad_hoc(&self, query: &Query) -> Result<StatementOutput> {
         let ctx = self.ad_hoc_context().await?;
         let df = ctx.sql(&query.to_string()).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok(StatementOutput::Rows { schema, batches })
+        let stream = df.execute_stream().await?;
+        Ok(StatementOutput::Query {
+            schema,
+            stream: query::bounded(stream, self.query_memory()),
+        })
     }
 
     /// `COPY (query) TO 'url'`: DataFusion runs it over the current state of the
@@ -746,6 +698,53 @@ impl Session {
     pub fn view_rows(&self, name: &str) -> Option<Vec<RecordBatch>> {
         self.views.get(name).map(|v| v.snapshot())
     }
+}
+
+/// Prepares pipeline `name` to start from its newest complete checkpoint, if
+/// checkpoints are on: loads it, commits the sink output it staged (its commit may not
+/// have happened before a crash), and removes sink output no checkpoint covers.
+async fn recover(
+    checkpoints: Option<&CheckpointConfig>,
+    name: &str,
+    sink: Option<&Arc<dyn sluice_connectors::SinkConfig>>,
+) -> Result<Option<Checkpointing>> {
+    let Some(config) = checkpoints else {
+        return Ok(None);
+    };
+    let store = config.store_for(name);
+    let started = std::time::Instant::now();
+    let mut restored = store.load_latest().await?;
+    let next_id = store.ids().await?.last().copied().unwrap_or(0) + 1;
+    if let Some(sink) = sink {
+        restored = commit_restored(&store, name, sink.as_ref(), restored).await?;
+        sink.recover(name, restored.as_ref().map(|r| r.manifest.id))
+            .await?;
+    }
+    let metrics = Arc::new(crate::checkpoint::CheckpointMetrics::default());
+    if let Some(r) = &restored {
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        metrics
+            .restore_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .restored_id
+            .store(r.manifest.id, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            pipeline = name,
+            checkpoint = r.manifest.id,
+            restore_ms = ms,
+            "resuming from a checkpoint"
+        );
+    }
+    Ok(Some(Checkpointing {
+        store,
+        interval: config.interval,
+        retention: config.retention,
+        sink: sink.cloned(),
+        restored,
+        next_id,
+        metrics,
+    }))
 }
 
 fn stmt_options(s: &Statement) -> Vec<(String, String)> {

@@ -25,14 +25,59 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::exec::{Collected, collect};
-use super::status::status;
 
 /// The catalog and schema every Sluice relation is listed under.
 const CATALOG: &str = "sluice";
 const SCHEMA: &str = "public";
 
-/// Query results waiting to be fetched, by ticket: their schema and batches.
-type Results = HashMap<u64, (SchemaRef, Vec<RecordBatch>)>;
+/// How long a result computed for `GetFlightInfo` waits for its `DoGet`.
+const RESULT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most bytes the results waiting to be fetched hold together; past it the oldest go.
+const MAX_HELD_BYTES: usize = 1 << 30;
+
+/// A result waiting to be fetched.
+struct Pending {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    at: std::time::Instant,
+}
+
+/// Query results waiting to be fetched, by ticket. Results never fetched expire after
+/// [`RESULT_TTL`], and the oldest go first when they hold more than [`MAX_HELD_BYTES`].
+#[derive(Default)]
+struct Results(HashMap<u64, Pending>);
+
+impl Results {
+    fn insert(&mut self, handle: u64, schema: SchemaRef, batches: Vec<RecordBatch>) {
+        self.0.retain(|_, p| p.at.elapsed() < RESULT_TTL);
+        let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let mut held: usize = self.0.values().map(|p| p.bytes).sum();
+        while held.saturating_add(bytes) > MAX_HELD_BYTES {
+            let Some(oldest) = self.0.iter().min_by_key(|(_, p)| p.at).map(|(h, _)| *h) else {
+                break;
+            };
+            if let Some(p) = self.0.remove(&oldest) {
+                held -= p.bytes;
+            }
+        }
+        self.0.insert(
+            handle,
+            Pending {
+                schema,
+                batches,
+                bytes,
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+
+    fn take(&mut self, handle: u64) -> Option<(SchemaRef, Vec<RecordBatch>)> {
+        let p = self.0.remove(&handle)?;
+        (p.at.elapsed() < RESULT_TTL).then_some((p.schema, p.batches))
+    }
+}
 
 /// Flight SQL over the server's session.
 pub struct FlightSql {
@@ -55,7 +100,7 @@ impl FlightSql {
         info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
         Ok(Self {
             session,
-            results: std::sync::Mutex::new(HashMap::new()),
+            results: std::sync::Mutex::new(Results::default()),
             next: AtomicU64::new(1),
             sql_info: info.build()?,
         })
@@ -103,9 +148,8 @@ impl FlightSqlService for FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let stmt = sluice_planner::parse_one(&query.query).map_err(|e| status(&e.into()))?;
-        let mut session = self.session.lock().await;
-        let (schema, batches) = match collect(&mut session, &stmt).await? {
+        let stmt = super::parse::one(query.query).await?;
+        let (schema, batches) = match collect(&self.session, &stmt).await? {
             Collected::Rows(schema, batches) => (schema, batches),
             // DDL sent as a query (as ADBC's DB-API cursors do) answers with what it did.
             Collected::Message(m) => {
@@ -126,11 +170,10 @@ impl FlightSqlService for FlightSql {
                 (schema, vec![batch])
             }
         };
-        drop(session);
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let handle = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock_results()?
-            .insert(handle, (Arc::clone(&schema), batches));
+            .insert(handle, Arc::clone(&schema), batches);
         let ticket = TicketStatementQuery {
             statement_handle: handle.to_be_bytes().to_vec().into(),
         };
@@ -158,8 +201,12 @@ impl FlightSqlService for FlightSql {
             .map_err(|_| Status::invalid_argument("malformed statement handle"))?;
         let (schema, batches) = self
             .lock_results()?
-            .remove(&u64::from_be_bytes(handle))
-            .ok_or_else(|| Status::not_found("no such result: each result can be fetched once"))?;
+            .take(u64::from_be_bytes(handle))
+            .ok_or_else(|| {
+                Status::not_found(
+                    "no such result: each result can be fetched once, within 60 s of GetFlightInfo",
+                )
+            })?;
         Ok(stream(schema, batches))
     }
 
@@ -168,12 +215,10 @@ impl FlightSqlService for FlightSql {
         ticket: CommandStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let statements =
-            sluice_planner::parse_script(&ticket.query).map_err(|e| status(&e.into()))?;
-        let mut session = self.session.lock().await;
+        let statements = super::parse::script(ticket.query).await?;
         let mut rows = 0i64;
         for stmt in &statements {
-            if let Collected::Rows(_, batches) = collect(&mut session, stmt).await? {
+            if let Collected::Rows(_, batches) = collect(&self.session, stmt).await? {
                 rows += batches.iter().map(|b| b.num_rows() as i64).sum::<i64>();
             }
         }

@@ -7,6 +7,7 @@
 mod exec;
 mod flight_sql;
 mod ipc;
+mod parse;
 mod prometheus;
 mod service;
 mod status;
@@ -20,14 +21,27 @@ use sluice_engine::{CatalogStore, Session};
 use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
 use tokio::sync::Mutex;
 
+/// How long any RPC may run before the server ends it with DEADLINE_EXCEEDED (a client's
+/// own `grpc-timeout` may be shorter). A Subscribe stream runs on once it has answered.
+const RPC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What the server lets one request use.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes an ad-hoc query may use.
+    pub query_memory: usize,
+}
+
 /// `checkpoints`: the interval and retention, when pipelines checkpoint into `data_dir`.
 pub async fn serve(
     listen: SocketAddr,
     http: SocketAddr,
     data_dir: &str,
     checkpoints: Option<(std::time::Duration, usize)>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let mut session = Session::new();
+    session.set_query_memory_limit(limits.query_memory);
     if let Some((interval, retention)) = checkpoints {
         let config =
             sluice_engine::checkpoint::CheckpointConfig::for_root(data_dir, interval, retention)
@@ -67,6 +81,7 @@ pub async fn serve(
     eprintln!("sluice serving gRPC on {listen}, HTTP on {http}, data in {data_dir}");
 
     let grpc = tonic::transport::Server::builder()
+        .timeout(RPC_DEADLINE)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

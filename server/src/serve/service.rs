@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::status::status;
-use super::{exec, ipc};
+use super::{exec, ipc, parse};
 
 /// The service over one shared session.
 #[derive(Clone)]
@@ -89,11 +89,10 @@ impl SluiceService for Service {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let sql = request.into_inner().sql;
-        let statements = sluice_planner::parse_script(&sql).map_err(|e| status(&e.into()))?;
-        let mut session = self.session.lock().await;
+        let statements = parse::script(sql).await?;
         let mut results = Vec::with_capacity(statements.len());
         for stmt in &statements {
-            results.push(match exec::collect(&mut session, stmt).await? {
+            results.push(match exec::collect(&self.session, stmt).await? {
                 exec::Collected::Message(message) => pb::StatementResult {
                     message,
                     ..Default::default()
@@ -132,8 +131,8 @@ impl SluiceService for Service {
         request: Request<pb::PipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let name = request.into_inner().name;
-        let session = self.session.lock().await;
-        let p = find(&session, &name)?;
+        // A handle on the pipeline: its last checkpoint is waited for without the lock.
+        let p = find(&*self.session.lock().await, &name)?.clone();
         if p.status() != PipelineStatus::Running {
             return Err(Status::failed_precondition(format!(
                 "pipeline '{name}' is not running"
@@ -141,7 +140,7 @@ impl SluiceService for Service {
         }
         p.stop();
         p.wait().await.map_err(|e| status(&e))?;
-        Ok(Response::new(pipeline_info(p)))
+        Ok(Response::new(pipeline_info(&p)))
     }
 
     type SubscribeStream = SubscribeStream;
@@ -154,9 +153,9 @@ impl SluiceService for Service {
             .into_inner()
             .target
             .ok_or_else(|| Status::invalid_argument("Subscribe needs a name or a query"))?;
-        let mut session = self.session.lock().await;
         match target {
             pb::subscribe_request::Target::Name(name) => {
+                let session = self.session.lock().await;
                 let p = session.pipeline(&name).ok_or_else(|| {
                     Status::not_found(format!("no sink or materialized view named '{name}'"))
                 })?;
@@ -186,12 +185,13 @@ impl SluiceService for Service {
                 Ok(Response::new(Box::pin(stream)))
             }
             pb::subscribe_request::Target::Query(sql) => {
-                let stmt = sluice_planner::parse_one(&sql).map_err(|e| status(&e.into()))?;
+                let stmt = parse::one(sql).await?;
                 if !matches!(stmt.statement, sluice_planner::Statement::Query(_)) {
                     return Err(Status::invalid_argument(
                         "Subscribe takes a SELECT query; run other statements with Execute",
                     ));
                 }
+                let mut session = self.session.lock().await;
                 let output = session.execute(&stmt).await.map_err(|e| status(&e))?;
                 let mut guard = None;
                 let (schema, rows) = match output {
@@ -203,6 +203,17 @@ impl SluiceService for Service {
                         // The query runs for this subscriber only: stop it when they leave.
                         guard = session.pipeline(&pipeline).map(|p| p.stop_on_drop());
                         (schema, rows)
+                    }
+                    StatementOutput::Query { schema, stream } => {
+                        drop(session);
+                        let batches = sluice_engine::session::query::collect(stream)
+                            .await
+                            .map_err(|e| status(&e))?;
+                        let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
+                        for b in batches {
+                            let _ = tx.try_send(b);
+                        }
+                        (schema, rx)
                     }
                     StatementOutput::Rows { schema, batches } => {
                         let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));

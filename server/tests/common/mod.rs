@@ -35,6 +35,21 @@ pub fn http_get(port: u16, path: &str) -> String {
     reply
 }
 
+/// POSTs `body` to a local HTTP port; returns the status line.
+pub fn http_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    reply.lines().next().unwrap_or_default().to_string()
+}
+
 /// Writes Avro's variable-length zig-zag long, by hand, so that test messages do not come
 /// from the codec under test.
 #[allow(dead_code)] // not every test binary speaks Avro
@@ -165,11 +180,17 @@ pub struct Served {
 
 impl Served {
     pub fn start(data: &std::path::Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// A server given the flags `extra` too.
+    pub fn start_with(data: &std::path::Path, extra: &[&str]) -> Self {
         let (grpc, http) = (free_port(), free_port());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--http", &format!("127.0.0.1:{http}"), "--data-dir"])
             .arg(data)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
