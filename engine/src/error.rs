@@ -41,6 +41,12 @@ pub enum Error {
     /// Saved state does not fit what is running now (the query changed since it was saved).
     #[error("{0}")]
     IncompatibleState(String),
+    /// A task's downstream ended first: the downstream's own error says why.
+    #[error("a downstream task stopped early")]
+    DownstreamClosed,
+    /// A pipeline's state passed its memory limit.
+    #[error("{0}")]
+    StateLimit(String),
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,8 +78,8 @@ impl Error {
             Error::DataFusion(e) => datafusion_kind(e),
             Error::Arrow(e) => arrow_kind(e),
             Error::Checkpoint(_) => ErrorKind::External,
-            Error::IncompatibleState(_) => ErrorKind::User,
-            Error::Internal(_) => ErrorKind::Internal,
+            Error::IncompatibleState(_) | Error::StateLimit(_) => ErrorKind::User,
+            Error::Internal(_) | Error::DownstreamClosed => ErrorKind::Internal,
         }
     }
 }

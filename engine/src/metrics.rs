@@ -20,6 +20,8 @@ pub struct PipelineMetrics {
     /// Rows the operators dropped as bad records (windows outside the timestamp range),
     /// counted in `bad_records` with the sources' bad records.
     pub bad_rows: Arc<AtomicU64>,
+    /// The memory the operators' state holds, in bytes, summed over the pipeline's tasks.
+    pub state_bytes: Arc<AtomicU64>,
     /// The watermark at the sink side of the sources (nanoseconds).
     pub watermark: AtomicI64,
     /// The sources' connector counters (`bad_records` among them).
@@ -35,6 +37,7 @@ impl Default for PipelineMetrics {
             rows_out: AtomicU64::new(0),
             late_rows_dropped: Arc::new(AtomicU64::new(0)),
             bad_rows: Arc::new(AtomicU64::new(0)),
+            state_bytes: Arc::new(AtomicU64::new(0)),
             watermark: AtomicI64::new(WATERMARK_MIN),
             sources: std::sync::Mutex::new(Vec::new()),
             sink: std::sync::Mutex::new(None),
@@ -61,6 +64,8 @@ pub struct MetricsSnapshot {
     pub source_lag: Option<u64>,
     /// The watermark, nanoseconds (i64::MIN before any).
     pub watermark: i64,
+    /// The memory the operators' state holds, in bytes.
+    pub state_bytes: u64,
 }
 
 impl PipelineMetrics {
@@ -93,6 +98,7 @@ impl PipelineMetrics {
             bytes_in,
             source_lag,
             watermark: self.watermark.load(Ordering::Relaxed),
+            state_bytes: self.state_bytes.load(Ordering::Relaxed),
         }
     }
 }

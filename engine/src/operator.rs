@@ -46,6 +46,12 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The memory its state holds now, in bytes (approximate): what the pipeline's state
+    /// memory limit counts. Stateless operators hold none.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// The operator's state for a checkpoint, as one batch in a schema of its choosing, or
     /// `None` when it holds none. Called when a barrier has arrived on every input; the
     /// runtime writes the batch asynchronously, so it must not share mutable state with the

@@ -43,6 +43,10 @@ enum Command {
         /// Never show the live progress line, even on a terminal.
         #[arg(long, short)]
         quiet: bool,
+        /// Memory each pipeline's operator state may hold, in MiB; past it the pipeline
+        /// fails with an error that says so. No limit when not given.
+        #[arg(long)]
+        max_state_mib: Option<u64>,
     },
     /// Run the long-lived server: gRPC (sluice.v1, health, reflection) and HTTP health.
     ///
@@ -69,6 +73,11 @@ enum Command {
         /// memory pool and its result. Past it the query fails with RESOURCE_EXHAUSTED.
         #[arg(long, default_value_t = sluice_engine::session::query::DEFAULT_QUERY_MEMORY >> 20)]
         query_memory_mib: usize,
+        /// Memory each pipeline's operator state may hold, in MiB; past it the pipeline
+        /// fails with an error that says so (a statement's `max_state_mib` overrides it).
+        /// No limit when not given.
+        #[arg(long)]
+        max_state_mib: Option<u64>,
     },
     /// An interactive SQL shell on a running `sluice serve`, like psql.
     ///
@@ -126,11 +135,13 @@ fn main() -> ExitCode {
                 checkpoint_interval,
                 checkpoint_retention,
                 quiet,
+                max_state_mib,
             } => {
                 let checkpoints = checkpoint_interval
                     .filter(|i| !i.is_zero())
                     .map(|i| (i, checkpoint_retention));
-                run::run(&file, &data_dir, checkpoints, quiet).await
+                let max_state = max_state_mib.map(|m| m.saturating_mul(1 << 20));
+                run::run(&file, &data_dir, checkpoints, quiet, max_state).await
             }
             Command::Serve {
                 listen,
@@ -139,11 +150,13 @@ fn main() -> ExitCode {
                 checkpoint_interval,
                 checkpoint_retention,
                 query_memory_mib,
+                max_state_mib,
             } => {
                 let checkpoints = (!checkpoint_interval.is_zero())
                     .then_some((checkpoint_interval, checkpoint_retention));
                 let limits = serve::Limits {
                     query_memory: query_memory_mib.saturating_mul(1 << 20),
+                    max_state: max_state_mib.map(|m| m.saturating_mul(1 << 20)),
                 };
                 serve::serve(listen, http, &data_dir, checkpoints, limits).await
             }

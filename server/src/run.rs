@@ -11,12 +11,14 @@ use sluice_engine::{Session, StatementOutput};
 
 use crate::progress::Progress;
 
-/// `checkpoints`: the interval and retention, when checkpointing into `data_dir`.
+/// `checkpoints`: the interval and retention, when checkpointing into `data_dir`;
+/// `max_state`: the bytes each pipeline's state may hold.
 pub async fn run(
     file: &Path,
     data_dir: &str,
     checkpoints: Option<(std::time::Duration, usize)>,
     quiet: bool,
+    max_state: Option<u64>,
 ) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read SQL file '{}'", file.display()))?;
@@ -24,6 +26,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut session = Session::new();
     session.settle_before_queries(true);
+    session.set_max_state_bytes(max_state);
     if let Some((interval, retention)) = checkpoints {
         let config =
             sluice_engine::checkpoint::CheckpointConfig::for_root(data_dir, interval, retention)

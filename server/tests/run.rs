@@ -179,3 +179,36 @@ fn dead_letter_keeps_each_bad_record_as_it_came() {
     rows.sort_unstable();
     assert_eq!(rows, ["1,10", "3,5", "5,3"]);
 }
+
+/// Regression: a GROUP BY over a unique key on an unbounded generator grew by megabytes a
+/// second with no limit. With one, the pipeline fails with an error that says why.
+#[test]
+fn a_pipeline_past_its_state_memory_limit_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let growing = "CREATE SOURCE g (id BIGINT, s VARCHAR) WITH (connector = 'generator', 'fields.id.kind' = 'sequence', batch_size = 4096);";
+    for (view, flags) in [
+        (
+            "CREATE MATERIALIZED VIEW per_id AS SELECT id, count(*) AS n, max(s) AS s FROM g GROUP BY id;",
+            vec!["--max-state-mib", "8"],
+        ),
+        (
+            "CREATE MATERIALIZED VIEW per_id WITH (max_state_mib = 8) AS SELECT id, count(*) AS n, max(s) AS s FROM g GROUP BY id;",
+            vec![],
+        ),
+    ] {
+        let started = Instant::now();
+        let out = run(
+            dir.path(),
+            &format!("{growing}\n{view}"),
+            &flags,
+            Duration::from_secs(120),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("over its limit of 8 MiB"),
+            "{flags:?}: {stderr}"
+        );
+        println!("{flags:?}: failed after {:?}", started.elapsed());
+    }
+}

@@ -269,6 +269,17 @@ pub struct PartialState {
     pub states: Vec<Vec<ArrayRef>>,
 }
 
+impl PartialState {
+    /// Memory its arrays hold, in bytes.
+    pub fn size(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(self.states.iter().flatten())
+            .map(|a| a.get_array_memory_size())
+            .sum()
+    }
+}
+
 impl GroupedState {
     /// An empty state for `set`.
     ///

@@ -235,6 +235,10 @@ impl Operator for SessionWindowOperator {
         "session_window"
     }
 
+    fn state_bytes(&self) -> usize {
+        self.buffer.iter().map(RecordBatch::get_array_memory_size).sum()
+    }
+
     fn process_batch(
         &mut self,
         _input: usize,

@@ -71,6 +71,10 @@ impl Operator for UpdatingAggregateOperator {
         "updating_aggregate"
     }
 
+    fn state_bytes(&self) -> usize {
+        self.state.as_ref().map_or(0, GroupedState::size)
+    }
+
     fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
         let inputs = self.set.evaluate(&self.spec.keys, &batch)?;
         match self.state.as_mut() {

@@ -288,6 +288,16 @@ impl Operator for WindowAggregateOperator {
         "window_aggregate"
     }
 
+    fn state_bytes(&self) -> usize {
+        self.panes
+            .values()
+            .map(|p| {
+                p.live.as_ref().map_or(0, GroupedState::size)
+                    + p.frozen.iter().map(PartialState::size).sum::<usize>()
+            })
+            .sum()
+    }
+
     fn process_batch(
         &mut self,
         _input: usize,

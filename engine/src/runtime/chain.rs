@@ -20,6 +20,7 @@ use crate::checkpoint::coordinator::Ack;
 use crate::error::{Error, Result};
 use crate::message::{Barrier, Message, WATERMARK_MIN, Watermark};
 use crate::operator::{Operator, Output};
+use crate::runtime::state_budget::StateBudget;
 
 /// A chain task's part in checkpoints.
 pub(crate) struct ChainCheckpoints {
@@ -38,6 +39,7 @@ pub(crate) async fn run_chain(
     idle: Vec<Option<Duration>>,
     outputs: Vec<mpsc::Sender<Message>>,
     checkpoints: Option<ChainCheckpoints>,
+    mut budget: Option<StateBudget>,
 ) -> Result<()> {
     let n = inputs.len();
     let streams = inputs.into_iter().enumerate().map(|(i, rx)| {
@@ -100,6 +102,9 @@ pub(crate) async fn run_chain(
             }
             Message::Batch(batch) => {
                 push_batch(&mut ops, 0, i, batch, &mut produced)?;
+                if let Some(b) = budget.as_mut() {
+                    b.account(&ops)?;
+                }
                 send_all(&outputs, &mut produced).await?;
             }
             Message::Watermark(w) => {
@@ -114,6 +119,9 @@ pub(crate) async fn run_chain(
                     &mut produced,
                 )
                 .await?;
+                if let Some(b) = budget.as_mut() {
+                    b.account(&ops)?;
+                }
             }
             Message::End => {
                 ended[i] = true;
@@ -279,7 +287,7 @@ async fn send_all(
 }
 
 pub(crate) fn downstream_closed() -> Error {
-    Error::Internal("a downstream task stopped early".into())
+    Error::DownstreamClosed
 }
 
 #[cfg(test)]
@@ -312,6 +320,7 @@ mod tests {
             vec![None, None],
             vec![out_tx],
             None,
+            None,
         ));
         a_tx.send(Message::Watermark(10)).await.unwrap();
         b_tx.send(Message::Watermark(5)).await.unwrap();
@@ -338,6 +347,7 @@ mod tests {
             vec![a_rx, b_rx],
             idle,
             vec![out_tx],
+            None,
             None,
         ));
         a_tx.send(Message::Watermark(10)).await.unwrap();
@@ -370,6 +380,7 @@ mod tests {
                 task: 3,
                 acks: ack_tx,
             }),
+            None,
         ));
         let barrier = Barrier { id: 1, last: false };
         a_tx.send(Message::Batch(b("1"))).await.unwrap();

@@ -6,6 +6,7 @@ mod chain;
 mod pipeline;
 mod sink_task;
 mod source_task;
+mod state_budget;
 
 pub use pipeline::{
     Checkpointing, Pipeline, PipelineStatus, SinkTarget, SourceBinding, StopOnDrop,

@@ -9,6 +9,7 @@ use sluice_planner::plan::{StreamOp, StreamPlan};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::runtime::state_budget::StateBudget;
 use crate::checkpoint::coordinator::{Ack, Coordinator};
 use crate::checkpoint::{CheckpointMetrics, CheckpointStore, Restored};
 use crate::error::{Error, Result};
@@ -150,6 +151,7 @@ impl Pipeline {
         sources: &HashMap<String, SourceBinding>,
         target: SinkTarget,
         checkpointing: Option<Checkpointing>,
+        max_state_bytes: Option<u64>,
     ) -> Result<Self> {
         let metrics = Arc::new(PipelineMetrics::default());
         if let Ok(mut sink) = metrics.sink.lock() {
@@ -387,7 +389,15 @@ impl Pipeline {
                         task: t,
                         acks: ack_tx.clone(),
                     });
-                    set.spawn(run_chain(chain.ops, inputs, idle, outputs, checkpoints));
+                    let budget = StateBudget::new(Arc::clone(&metrics.state_bytes), max_state_bytes);
+                    set.spawn(run_chain(
+                        chain.ops,
+                        inputs,
+                        idle,
+                        outputs,
+                        checkpoints,
+                        Some(budget),
+                    ));
                 }
             }
         }
@@ -431,13 +441,27 @@ impl Pipeline {
         let pipeline_name = name.to_string();
         tokio::spawn(async move {
             let mut failure: Option<String> = None;
+            // A task whose downstream ended reports that first, often before the
+            // downstream's own error: it is the pipeline's error only if no other comes.
+            let mut downstream_closed = None;
             while let Some(joined) = set.join_next().await {
                 let err = match joined {
                     Ok(Ok(())) => None,
+                    Ok(Err(Error::DownstreamClosed)) => {
+                        downstream_closed.get_or_insert(Error::DownstreamClosed);
+                        None
+                    }
                     Ok(Err(e)) => Some(e),
                     Err(e) if e.is_cancelled() => None,
                     Err(e) => Some(Error::Internal(format!("a task panicked: {e}"))),
                 };
+                let err = err.or_else(|| {
+                    if set.is_empty() && failure.is_none() {
+                        downstream_closed.take()
+                    } else {
+                        None
+                    }
+                });
                 if let Some(e) = err
                     && failure.is_none()
                 {

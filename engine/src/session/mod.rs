@@ -86,16 +86,22 @@ pub struct Session {
     /// The memory an ad-hoc query may use (its operators and its result), in bytes;
     /// `None` until set: [`query::DEFAULT_QUERY_MEMORY`].
     query_memory: Option<usize>,
+    /// The state memory limit of every pipeline, in bytes (`--max-state-mib`).
+    max_state_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for StatementOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StatementOutput::Done(m) => f.debug_tuple("Done").field(m).finish(),
-            StatementOutput::Rows { batches, .. } => {
-                f.debug_struct("Rows").field("batches", &batches.len()).finish()
+            StatementOutput::Rows { schema, batches } => f
+                .debug_struct("Rows")
+                .field("schema", schema)
+                .field("batches", batches)
+                .finish(),
+            StatementOutput::Query { schema, .. } => {
+                f.debug_struct("Query").field("schema", schema).finish()
             }
-            StatementOutput::Query { .. } => f.write_str("Query"),
             StatementOutput::Stream { pipeline, .. } => {
                 f.debug_struct("Stream").field("pipeline", pipeline).finish()
             }
@@ -368,6 +374,7 @@ impl Session {
                     .check_free(ObjectKind::MaterializedView, name)?;
                 let mut opts = Options::new("materialized view", options.iter().cloned());
                 let retention = opts.take_duration("retention")?;
+                let max_state = opts.take_u64("max_state_mib")?.map(|m| m.saturating_mul(1 << 20));
                 opts.finish()?;
                 let plan = Planner::new(&self.catalog).plan_view_query(query).await?;
                 let schema = plan.schema();
@@ -399,7 +406,7 @@ impl Session {
                             self.finished_restored.insert(name.clone());
                         } else {
                             let sink = Box::new(ViewSink::new(Arc::clone(&store)));
-                            self.start(name, plan, sink, None, recovery)?;
+                            self.start(name, plan, sink, None, recovery, max_state)?;
                         }
                     }
                 }
@@ -471,13 +478,16 @@ impl Session {
         sink: Box<dyn sluice_connectors::Sink>,
         metrics: Option<Arc<ConnectorMetrics>>,
         checkpointing: Option<Checkpointing>,
+        max_state: Option<u64>,
     ) -> Result<()> {
+        let max_state = max_state.or(self.max_state_bytes);
         let pipeline = Pipeline::start(
             name,
             plan,
             &self.sources,
             SinkTarget { sink, metrics },
             checkpointing,
+            max_state,
         )?;
         self.pipelines.push(pipeline);
         Ok(())
@@ -518,12 +528,18 @@ impl Session {
         });
         self.queries += 1;
         let name = format!("{QUERY_PREFIX}{}", self.queries);
-        self.start(&name, plan, Box::new(ChannelSink::new(tx)), None, None)?;
+        self.start(&name, plan, Box::new(ChannelSink::new(tx)), None, None, None)?;
         Ok(StatementOutput::Stream {
             schema,
             rows: rx,
             pipeline: name,
         })
+    }
+
+    /// Sets the memory each pipeline's state may hold, in bytes; past it the pipeline fails.
+    /// A statement's `max_state_mib` option overrides it for its pipeline.
+    pub fn set_max_state_bytes(&mut self, bytes: Option<u64>) {
+        self.max_state_bytes = bytes;
     }
 
     /// Sets the memory an ad-hoc query may use, in bytes.

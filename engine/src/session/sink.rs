@@ -28,6 +28,8 @@ pub struct PreparedSink {
     config: Arc<dyn SinkConfig>,
     checkpoints: Option<CheckpointConfig>,
     definition: String,
+    /// `max_state_mib`, in bytes.
+    max_state: Option<u64>,
 }
 
 /// A sink recovered and opened, ready to run.
@@ -57,7 +59,23 @@ impl Session {
             SinkInput::Query(q) => q.clone(),
             SinkInput::Relation(r) => select_all(&r.to_string())?,
         };
-        let (connector, options) = options_of("sink", name, options)?;
+        let max_state = options
+            .iter()
+            .find(|(k, _)| k == "max_state_mib")
+            .map(|(_, v)| {
+                v.trim().parse::<u64>().map(|m| m.saturating_mul(1 << 20)).map_err(|_| {
+                    sluice_planner::Error::plan(format!(
+                        "sink '{name}': option 'max_state_mib' must be a whole number of MiB, got '{v}'"
+                    ))
+                })
+            })
+            .transpose()?;
+        let options: Vec<(String, String)> = options
+            .iter()
+            .filter(|(k, _)| k != "max_state_mib")
+            .cloned()
+            .collect();
+        let (connector, options) = options_of("sink", name, &options)?;
         let config = sluice_connectors::sink_config(&connector, options)?;
         // A sink that upserts by key (postgres with primary_key) takes updating queries;
         // append-only sinks reject them when they are planned.
@@ -74,6 +92,7 @@ impl Session {
             config,
             checkpoints: self.checkpoints.clone(),
             definition: stmt.sql.clone(),
+            max_state,
         })
     }
 
@@ -89,6 +108,7 @@ impl Session {
             opened,
         } = connected;
         let name = prepared.name;
+        let max_state = prepared.max_state;
         self.catalog.check_free(ObjectKind::Sink, &name)?;
         let schema = prepared.plan.schema();
         match opened {
@@ -96,7 +116,7 @@ impl Session {
                 self.finished_restored.insert(name.clone());
             }
             Some((sink, metrics)) => {
-                self.start(&name, prepared.plan, sink, Some(metrics), recovery)?;
+                self.start(&name, prepared.plan, sink, Some(metrics), recovery, max_state)?;
             }
         }
         self.catalog.sinks.insert(

@@ -30,6 +30,8 @@ const RPC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 pub struct Limits {
     /// Bytes an ad-hoc query may use.
     pub query_memory: usize,
+    /// Bytes each pipeline's state may hold.
+    pub max_state: Option<u64>,
 }
 
 /// `checkpoints`: the interval and retention, when pipelines checkpoint into `data_dir`.
@@ -42,6 +44,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut session = Session::new();
     session.set_query_memory_limit(limits.query_memory);
+    session.set_max_state_bytes(limits.max_state);
     if let Some((interval, retention)) = checkpoints {
         let config =
             sluice_engine::checkpoint::CheckpointConfig::for_root(data_dir, interval, retention)

@@ -64,6 +64,12 @@ const METRICS: &[Metric] = &[
         value: |_, m| Some(m.late_rows_dropped as f64),
     },
     Metric {
+        name: "sluice_state_bytes",
+        kind: "gauge",
+        help: "Memory the pipeline's operator state holds (aggregates, open windows, sessions), bytes.",
+        value: |_, m| Some(m.state_bytes as f64),
+    },
+    Metric {
         name: "sluice_source_lag_records",
         kind: "gauge",
         help: "Records in the sources' input not read yet (Kafka: high watermark minus position).",

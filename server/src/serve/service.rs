@@ -45,6 +45,7 @@ fn pipeline_info(p: &Pipeline) -> pb::Pipeline {
         late_rows_dropped: m.late_rows_dropped,
         bad_records: m.bad_records,
         connector_errors: m.connector_errors,
+        state_bytes: m.state_bytes,
         bytes_in: m.bytes_in,
         source_lag: m.source_lag,
         watermark_ms: (m.watermark != i64::MIN).then_some({
