@@ -7,6 +7,8 @@
 // Test helpers fail the test loudly: unwrap, expect and panic are how they do it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -168,6 +170,8 @@ fn manifests(dir: &Path, pipeline: &str) -> Vec<PathBuf> {
 
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    // The kills land on a loaded machine too: every core is kept busy.
+    let _hog = common::CpuHog::start();
     let (_ref_dir, agg, pricey) = reference();
     let dir = tempfile::tempdir().unwrap();
     let script = script(dir.path(), true);
@@ -218,6 +222,8 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_corrupted_newest_checkpoint_falls_back_to_the_one_before() {
+    // The kills land on a loaded machine too: every core is kept busy.
+    let _hog = common::CpuHog::start();
     let (_ref_dir, agg, pricey) = reference();
     let dir = tempfile::tempdir().unwrap();
     let script = script(dir.path(), true);
@@ -254,6 +260,8 @@ fn a_corrupted_newest_checkpoint_falls_back_to_the_one_before() {
 
 #[test]
 fn a_crash_between_manifest_and_commit_is_completed_by_recovery() {
+    // The kills land on a loaded machine too: every core is kept busy.
+    let _hog = common::CpuHog::start();
     let (_ref_dir, agg, pricey) = reference();
     let dir = tempfile::tempdir().unwrap();
     let script = script(dir.path(), true);

@@ -261,6 +261,8 @@ fn parquet_ids(dir: &std::path::Path) -> BTreeMap<i64, usize> {
 /// covered only once the server's `ack_wait` (10 minutes) ran out, and what a checkpoint
 /// covered but had not been acknowledged yet came back a second time.
 async fn killed_and_restarted(tag: &str, retention: RetentionPolicy) {
+    // The kills land on a loaded machine too: every core is kept busy.
+    let _hog = common::CpuHog::start();
     let f = Fixture::with_retention(tag, retention).await;
     if retention == RetentionPolicy::Interest {
         // An interest stream keeps only what some consumer wants: the pipeline's consumer
@@ -373,6 +375,8 @@ async fn on_a_work_queue_stream_a_restart_loses_nothing() {
 /// them as redeliveries. Now the consumer is made anew from its acknowledgement floor.
 #[tokio::test]
 async fn messages_a_dead_run_left_unacknowledged_come_at_once() {
+    // The kills land on a loaded machine too: every core is kept busy.
+    let _hog = common::CpuHog::start();
     let f = Fixture::new("dead_").await;
     for id in 0..100i64 {
         f.publish(format!(r#"{{"id": {id}, "value": 1}}"#).into_bytes())

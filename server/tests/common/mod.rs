@@ -225,3 +225,46 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// Keeps every core busy while it lives: one spinning thread per core, at the priority of
+/// the test. Crash and restart tests run under it, so that a race between a checkpoint, an
+/// acknowledgement and a kill shows on a loaded machine too, not only on an idle one.
+pub struct CpuHog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl CpuHog {
+    /// Starts one spinning thread per core (`SLUICE_TEST_NO_HOG=1` starts none).
+    pub fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let n = if std::env::var_os("SLUICE_TEST_NO_HOG").is_some() {
+            0
+        } else {
+            cores
+        };
+        let threads = (0..n)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut spins = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        spins = std::hint::black_box(spins.wrapping_add(1));
+                    }
+                    spins
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
