@@ -553,12 +553,21 @@ impl Session {
 
     /// A DataFusion context where every materialized view is a table of its current rows,
     /// whose operators share a memory pool of the session's query memory limit.
-    async fn ad_hoc_context(&self) -> Result<datafusion::execution::context::SessionContext> {
+    /// With `micros`, timestamps read as microseconds (COPY writes what Spark and Hive read).
+    async fn ad_hoc_context(
+        &self,
+        micros: bool,
+    ) -> Result<datafusion::execution::context::SessionContext> {
         let runtime = query::runtime(self.query_memory())?;
         let ctx = Planner::new(&self.catalog).context_in(Some(runtime)).await?;
         for (name, store) in &self.views {
             ctx.deregister_table(name.as_str())?;
-            let table = MemTable::try_new(store.schema(), vec![store.snapshot()])?;
+            let table = if micros {
+                let (schema, rows) = timestamps_as_micros(&store.schema(), store.snapshot())?;
+                MemTable::try_new(schema, vec![rows])?
+            } else {
+                MemTable::try_new(store.schema(), vec![store.snapshot()])?
+            };
             ctx.register_table(name.as_str(), Arc::new(table))?;
         }
         Ok(ctx)
@@ -567,7 +576,7 @@ impl Session {
     /// Plans a query over materialized views against their current rows; the caller runs
     /// it by reading the stream (without the session).
     async fn ad_hoc(&self, query: &Query) -> Result<StatementOutput> {
-        let ctx = self.ad_hoc_context().await?;
+        let ctx = self.ad_hoc_context(false).await?;
         let df = ctx.sql(&query.to_string()).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
@@ -583,7 +592,7 @@ impl Session {
         if self.settle {
             self.wait_bounded().await?;
         }
-        let ctx = self.ad_hoc_context().await?;
+        let ctx = self.ad_hoc_context(true).await?;
         let sql = copy_format_to_stored_as(sql);
         if let Some(url) = copy_target(&sql).filter(|u| u.contains("://")) {
             let location = sluice_connectors::store::resolve(&url, &[])?;
@@ -761,6 +770,39 @@ async fn recover(
         next_id,
         metrics,
     }))
+}
+
+/// `rows` of `schema` with every timestamp column cast to microseconds.
+fn timestamps_as_micros(
+    schema: &SchemaRef,
+    rows: Vec<RecordBatch>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(_, tz) => f
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let micros: SchemaRef = Arc::new(Schema::new(fields));
+    let rows = rows
+        .iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(micros.fields())
+                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new(Arc::clone(&micros), columns)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((micros, rows))
 }
 
 fn stmt_options(s: &Statement) -> Vec<(String, String)> {
